@@ -1,0 +1,336 @@
+"""Typed configuration: dataclasses loaded from YAML, overridable with ``--set a.b=c``.
+
+A run's configuration is a :class:`RunConfig`. Its ``method`` section is typed by the method's
+own dataclass (looked up in :data:`medsyn.methods.METHODS`), so every paper hyper-parameter has a
+named default in one place. Loading validates every key and type and names the offending key
+with the allowed values or the closest known key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from medsyn.errors import ConfigError
+
+# ----------------------------------------------------------------------------------------------
+# Sections shared by every method
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NormConfig:
+    """How one modality's intensities are mapped to network range (see data/normalization.py).
+
+    kind: ``zscore`` (z-score inside the mask, then clipped to ±clip and divided by clip so the
+    network sees about [-1, 1]), ``percentile`` (clip to [lower, upper] percentiles inside the
+    mask, scale to [-1, 1]), ``window`` (fixed window [low, high] in native units, e.g. CT HU
+    [-1024, 3000], scaled to [-1, 1]).
+    """
+
+    kind: Literal["zscore", "percentile", "window"] = "percentile"
+    lower: float = 0.5  # percentile kind: lower percentile
+    upper: float = 99.5  # percentile kind: upper percentile
+    clip: float = 5.0  # zscore kind: |z| clipped here, then divided by it
+    low: float = -1024.0  # window kind: native-unit window (HU for CT)
+    high: float = 3000.0
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how training samples are drawn.
+
+    root: a dataset folder (subject folders with ``<modality>.nii.gz``), or ``sample`` for the
+    bundled sample. manifest: optional CSV (subject, modality, path, split).
+    """
+
+    root: str = "sample"
+    manifest: str | None = None
+    source: list[str] = field(default_factory=lambda: ["t1n"])
+    target: str = "t2w"
+    mask: str | None = None  # modality name of a mask file (brainmask/bodymask); None → computed
+    label: str | None = "seg"  # optional label modality, used for oversampling and region metrics
+    # subject-level splits: explicit lists win; otherwise a seeded shuffle with these fractions
+    train: list[str] | None = None
+    val: list[str] | None = None
+    test: list[str] | None = None
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    slice_axis: Literal["axial", "coronal", "sagittal"] = "axial"
+    context_slices: int = 5  # k adjacent source slices → 1 target slice (Nie et al. Sec. 2.5)
+    patch_size: list[int] = field(default_factory=lambda: [144, 144])
+    patches_per_subject: int = 200  # defines an epoch: patches_per_subject × n_train / batch steps
+    foreground_fraction: float = 0.9  # share of patch centres drawn inside the mask
+    label_fraction: float = 0.0  # share of patch centres drawn inside the label (seg > 0)
+    augment: bool = False
+    normalization: dict[str, NormConfig] = field(default_factory=dict)  # per modality
+    resample: bool = False  # resample modalities onto the first source's grid if they differ
+
+
+@dataclass
+class TrainConfig:
+    """The loop: budget, device, logging and checkpoints (shared by all methods)."""
+
+    seed: int = 0
+    batch_size: int = 10
+    epochs: int = 20
+    max_steps: int | None = None
+    minutes: float | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # bf16 autocast on CUDA; ignored on CPU
+    log_every: int = 10
+    sample_every: int = 200
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    validate: bool = True
+    val_metric: str = "psnr"  # metric used to keep the best checkpoint
+    num_workers: int = 0
+
+
+@dataclass
+class InferenceConfig:
+    """Full-volume sliding-window inference."""
+
+    overlap: float = 0.5
+    blend: Literal["gaussian", "uniform"] = "gaussian"
+    batch_size: int = 16
+
+
+@dataclass
+class RunConfig:
+    method: str = "nie-dual-attention"
+    params: dict[str, Any] = field(default_factory=dict)  # typed by the method's config class
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generic dataclass <-> dict with validation
+# ----------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; return the converted value or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"config key {key!r}: got {value!r}, expected {_type_name(tp)}")
+    if origin is Literal:
+        if value in args:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"config key {key!r}: got {value!r}, allowed values: {', '.join(map(repr, args))}{hint}"
+        )
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        (item_tp,) = args or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
+        _, val_tp = args or (str, Any)
+        return {str(k): _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r}: got {value!r}, expected true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config key {key!r}: got {value!r}, expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r}: got {value!r}, expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {key!r}: got {value!r}, expected a string")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix or '<root>'!r}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), list(fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"unknown config key {key!r}{hint} Known keys here: {', '.join(fields)}"
+            )
+        kwargs[k] = _coerce(v, hints[k], key)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:  # a required field missing
+        raise ConfigError(f"config section {prefix or '<root>'!r}: {e}") from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate(prefix)
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass tree → plain dict/list/scalars (JSON/YAML-serialisable)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.batch_size=4"`` → (["train", "batch_size"], 4). Values are parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.batch_size=4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for p in path[:-1]:
+            if not isinstance(node.get(p, {}), dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
+            node = node.setdefault(p, {})
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found; pass a YAML file such as configs/nie2018_brats_t1_t2.yaml")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r}: expected a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML (or defaults when ``path`` is None), apply ``--set`` overrides, validate."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides or [])
+    return build_config(data)
+
+
+def build_config(data: dict[str, Any]) -> RunConfig:
+    cfg: RunConfig = from_dict(RunConfig, data)
+    from medsyn.methods import METHODS  # late import: methods import config
+
+    spec = METHODS.get(cfg.method, key="method")
+    # validate the method parameters against the method's dataclass
+    params = from_dict(spec.config_cls, cfg.params, prefix="params")
+    cfg.params = to_dict(params)
+    validate_run_config(cfg)
+    return cfg
+
+
+def validate_run_config(cfg: RunConfig) -> None:
+    d, t = cfg.data, cfg.train
+    if not cfg.data.source:
+        raise ConfigError("config key 'data.source': give at least one source modality, e.g. [t1n]")
+    if d.context_slices < 1 or d.context_slices % 2 == 0:
+        raise ConfigError(f"config key 'data.context_slices': got {d.context_slices}, expected an odd number ≥ 1 (5 in Nie et al.)")
+    if len(d.patch_size) != 2 or min(d.patch_size) < 8:
+        raise ConfigError(f"config key 'data.patch_size': got {d.patch_size}, expected two sizes ≥ 8, e.g. [144, 144]")
+    for name, v in (("data.foreground_fraction", d.foreground_fraction), ("data.label_fraction", d.label_fraction),
+                    ("data.val_fraction", d.val_fraction), ("data.test_fraction", d.test_fraction)):
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"config key {name!r}: got {v}, expected a number in [0, 1]")
+    if t.batch_size < 1:
+        raise ConfigError(f"config key 'train.batch_size': got {t.batch_size}, expected ≥ 1")
+    if t.max_steps is not None and t.max_steps < 0:
+        raise ConfigError(f"config key 'train.max_steps': got {t.max_steps}, expected ≥ 0")
+    if not 0.0 <= cfg.inference.overlap < 1.0:
+        raise ConfigError(f"config key 'inference.overlap': got {cfg.inference.overlap}, expected a number in [0, 1)")
+
+
+def method_params(cfg: RunConfig) -> Any:
+    """The method's typed parameter dataclass for ``cfg``."""
+    from medsyn.methods import METHODS
+
+    spec = METHODS.get(cfg.method, key="method")
+    return from_dict(spec.config_cls, cfg.params, prefix="params")
+
+
+def config_hash(cfg: RunConfig) -> str:
+    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two resolved config dicts."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        key = f"{prefix}.{k}" if prefix else k
+        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff_configs(va, vb, key)
+        elif va != vb:
+            out.append(f"{key}: {va!r} → {vb!r}")
+    return out
