@@ -104,6 +104,10 @@ class InferenceConfig:
     overlap: float = 0.5
     blend: Literal["gaussian", "uniform"] = "gaussian"
     batch_size: int = 16
+    # write the training targets' background value outside the foreground mask (skull-stripped
+    # MR: 0). Turn off when the target extends beyond the source's mask (e.g. CT skull vs a
+    # skull-stripped MR source).
+    mask_background: bool = True
 
 
 @dataclass
@@ -283,9 +287,8 @@ def build_config(data: dict[str, Any]) -> RunConfig:
     from medsyn.methods import METHODS  # late import: methods import config
 
     spec = METHODS.get(cfg.method, key="method")
-    # validate the method parameters against the method's dataclass
-    params = from_dict(spec.config_cls, cfg.params, prefix="params")
-    cfg.params = to_dict(params)
+    # validate the method parameters against the method's dataclass and its variant defaults
+    cfg.params = spec.resolved(cfg.params)
     validate_run_config(cfg)
     return cfg
 
@@ -314,8 +317,7 @@ def method_params(cfg: RunConfig) -> Any:
     """The method's typed parameter dataclass for ``cfg``."""
     from medsyn.methods import METHODS
 
-    spec = METHODS.get(cfg.method, key="method")
-    return from_dict(spec.config_cls, cfg.params, prefix="params")
+    return METHODS.get(cfg.method, key="method").make_params(cfg.params)
 
 
 def config_hash(cfg: RunConfig) -> str:

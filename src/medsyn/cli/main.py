@@ -1,0 +1,243 @@
+"""The ``medsyn`` command line: thin typer commands that call the library.
+
+User mistakes (bad data, config, checkpoint, output paths) raise :class:`medsyn.errors.MedsynError`
+and are printed as one line on stderr with exit code 2 — no traceback. Anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medsyn.errors import MedsynError
+
+app = typer.Typer(
+    name="medsyn",
+    help="Medical image synthesis with GANs: train, predict and evaluate faithful implementations of "
+    "published methods on NIfTI/DICOM volumes, keeping geometry and units.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def _split(value: Optional[str]) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+# ------------------------------------------------------------------------------------------------
+@app.command()
+def verify(
+    dataset: Path = typer.Argument(..., help="Dataset folder (subject folders of <modality>.nii.gz) or a CSV manifest."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", "-m", help="Comma-separated modalities every subject must have, e.g. t1n,t2w."),
+    resample: bool = typer.Option(False, "--resample", help="Accept modalities on different grids (they will be resampled onto the first modality's grid)."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="CSV manifest (subject, modality, path[, split]) instead of the folder layout."),
+) -> None:
+    """Check every subject: files fully readable, modalities present, one grid, finite values, masks, labels."""
+    from medsyn.data.verify import verify_dataset
+
+    rep = verify_dataset(dataset, _split(modalities), manifest=manifest, resample=resample)
+    table = Table(title=f"medsyn verify {rep.root}")
+    table.add_column("subject")
+    table.add_column("modalities")
+    table.add_column("extra files")
+    table.add_column("status")
+    for s in rep.subjects:
+        mods = ", ".join(f"{m} {d}" for m, d in s.modalities.items())
+        table.add_row(s.id, mods, ", ".join(s.extra) or "-", "[green]ok[/]" if s.ok else f"[red]{len(s.problems)} problem(s)[/]")
+    console.print(table)
+    if not rep.ok:
+        for p in rep.problems:
+            err_console.print(f"[red]error[/] {p.path}: {p.message}", highlight=False, soft_wrap=True)
+        err_console.print(f"{len(rep.problems)} problem(s) in {sum(not s.ok for s in rep.subjects)} of {len(rep.subjects)} subjects")
+        raise typer.Exit(2)
+    console.print(f"[green]{len(rep.subjects)} subjects ok[/]")
+
+
+# ------------------------------------------------------------------------------------------------
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="YAML config, e.g. configs/nie2018_brats_t1_t2.yaml (omit with --resume; omitted otherwise: the defaults)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key: --set train.batch_size=4 (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder to create (default runs/<method>-<time>)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N generator updates."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Stop after M minutes of training."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its newest good checkpoint."),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change", help="Resume even if the config differs (the differences are listed)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (overrides train.device)."),
+) -> None:
+    """Train a method from a YAML config; the run folder holds everything to resume, predict and report."""
+    from medsyn.config import load_config
+    from medsyn.training.engine import Trainer, default_out
+    from medsyn.training.run_dir import RunDir
+
+    overrides = list(set_)
+    if max_steps is not None:
+        overrides.append(f"train.max_steps={max_steps}")
+    if minutes is not None:
+        overrides.append(f"train.minutes={minutes}")
+    if device is not None:
+        overrides.append(f"train.device={device}")
+    if resume is not None:
+        base = config if config is not None else RunDir(resume).config_path
+        cfg = load_config(base, overrides)
+        run_path = resume
+    else:
+        cfg = load_config(config, overrides)  # no CONFIG: the defaults (Nie et al. on the sample)
+        run_path = out or default_out(cfg)
+    from medsyn.training.distributed import launch_train
+
+    result = launch_train(cfg, run_path, resume=resume is not None, allow_config_change=allow_config_change, console=console)
+    if result is not None:
+        console.print(f"run folder: [bold]{result.run_dir}[/] (step {result.step}, {result.stopped})")
+
+
+# ------------------------------------------------------------------------------------------------
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="A run folder made by `medsyn train`."),
+    inputs: list[Path] = typer.Argument(..., help="Subject folder(s), a dataset folder, or single image files."),
+    out: Path = typer.Option(..., "--out", help="Output folder: <out>/<subject>/<target>.nii.gz."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    confidence: bool = typer.Option(False, "--confidence", help="Also write the method's confidence map (Nie et al.'s D2) as <target>_confidence.nii.gz."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best (by validation metric) or last."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Synthesise the run's target modality for whole volumes, in the input's geometry and real units."""
+    from rich.progress import Progress
+
+    from medsyn.inference.predict import collect_subjects, load_run, predict_subjects
+
+    if checkpoint not in ("best", "last"):
+        raise typer.BadParameter("--checkpoint must be best or last")
+    run = load_run(run_dir, checkpoint, device)
+    subjects = collect_subjects(inputs, list(run.cfg.data.source))
+    with Progress(console=console) as prog:
+        tasks: dict[str, int] = {}
+
+        def cb(sid: str, done: int, total: int) -> None:
+            if sid not in tasks:
+                tasks[sid] = prog.add_task(f"predict {sid}", total=total)
+            prog.update(tasks[sid], completed=done)
+
+        written = predict_subjects(run, subjects, out, force=force, write_confidence=confidence, progress=cb)
+    for p in written:
+        console.print(f"wrote {p}")
+
+
+# ------------------------------------------------------------------------------------------------
+@app.command()
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Prediction folder: <subject>/<modality>.nii.gz."),
+    ref: Path = typer.Option(..., "--ref", help="Reference dataset folder (or 'sample')."),
+    modality: str = typer.Option(..., "--modality", help="Modality to compare, e.g. t2w or ct."),
+    out: Path = typer.Option(Path("metrics.json"), "--out", help="JSON output; a CSV is written beside it."),
+    mask: str = typer.Option("auto", "--mask", help="Foreground: auto (brainmask/bodymask, else computed), or a file name such as brainmask or seg."),
+    data_range: str = typer.Option("ref", "--data-range", help="'ref' (per-subject max-min of the reference in the mask) or a number (e.g. 4024 for CT HU)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default mae,mse,psnr,ssim,ssim3d,uqi)."),
+) -> None:
+    """Per-subject and summary metrics (MAE, PSNR, SSIM, ...) per region, with the data range and mask stated."""
+    from medsyn.data.dataset import resolve_root
+    from medsyn.metrics.evaluate import evaluate_predictions, write_results
+
+    res = evaluate_predictions(pred, resolve_root(str(ref)), modality, mask=mask, data_range=data_range, metrics=_split(metrics))
+    j, c = write_results(res, out)
+    _print_summary(res)
+    console.print(f"wrote {j} and {c}")
+
+
+def _print_summary(res: dict) -> None:
+    table = Table(title="summary (mean ± std over subjects)")
+    table.add_column("region")
+    metrics = res["settings"]["metrics"]
+    for m in metrics:
+        table.add_column(m)
+    for region, vals in res["summary"].items():
+        row = []
+        for m in metrics:
+            v = vals.get(m, {})
+            mean, std = v.get("mean"), v.get("std")
+            row.append("-" if mean is None else f"{mean:.4g} ± {std:.2g}")
+        table.add_row(region, *row)
+    console.print(table)
+
+
+# ------------------------------------------------------------------------------------------------
+@app.command()
+def methods() -> None:
+    """List the available methods, baselines and ablations with one line each."""
+    from medsyn.methods import METHODS
+
+    table = Table(title="medsyn methods")
+    table.add_column("name")
+    table.add_column("what it is")
+    for name, spec in METHODS.items():
+        table.add_row(name, spec.summary)
+    console.print(table)
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more run folders."),
+    out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
+) -> None:
+    """Write a report of one or more runs (training curves, metrics, images)."""
+    from medsyn.reports.html import write_report
+
+    path = write_report(run_dirs, out)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def demo(
+    minutes: float = typer.Option(3.0, "--minutes", help="Training time budget in minutes."),
+    out: Path = typer.Option(Path("medsyn-demo"), "--out", help="Folder for the demo's run, predictions and metrics."),
+    device: str = typer.Option("auto", "--device", help="auto (GPU if available), cpu, cuda."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap the training steps (for a quick check)."),
+) -> None:
+    """Train Nie et al.'s dual-discriminator + attention model (t1n → t2w) on the bundled sample, predict the
+    held-out subject, evaluate it, and print where everything is."""
+    from medsyn.cli.demo import run_demo
+
+    run_demo(minutes=minutes, out=out, device=device, max_steps=max_steps, console=console)
+
+
+# ------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one line and exit code 2 for user errors; tracebacks only for bugs."""
+    from typer._click.exceptions import ClickException
+    from typer.exceptions import Abort, Exit
+
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:monai")
+    try:
+        app(args=argv, standalone_mode=False)
+    except MedsynError as e:
+        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return 2
+    except Exit as e:
+        return e.exit_code
+    except Abort:
+        err_console.print("aborted")
+        return 130
+    except ClickException as e:
+        e.show()
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Voxel-wise reconstruction losses.
+
+``lp_loss`` is Nie et al. 2018, Eq. 1: L_G(X, Y) = ||Y - G(X)||^p with p = 1 or 2, taken as the
+mean over elements (so its scale does not depend on patch size or batch size). With ``weight`` it
+is the weighted form used by the difficulty-aware attention loss (Eq. 7, see
+:mod:`medsyn.losses.attention`).
+
+Tensors are (B, C, H, W) (or any layout, as long as ``pred`` and ``target`` have the same shape),
+intensities in the normalised convention of the data (about [-1, 1]).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medsyn.errors import ConfigError
+
+
+def _check_broadcast(name: str, other: torch.Tensor, shape: torch.Size) -> None:
+    try:
+        out = torch.broadcast_shapes(other.shape, shape)
+    except RuntimeError:
+        out = None
+    if out != shape:
+        raise ValueError(
+            f"{name} of shape {tuple(other.shape)} does not broadcast to the prediction's shape {tuple(shape)}"
+        )
+
+
+def lp_error(pred: torch.Tensor, target: torch.Tensor, p: int = 1) -> torch.Tensor:
+    """Element-wise |Y - G(X)|^p, p in {1, 2}; same shape as ``pred``."""
+    if p not in (1, 2):
+        raise ConfigError(f"p: expected 1 (L1) or 2 (L2) as in Nie et al. Eq. 1, got {p!r}")
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape "
+            "(no silent broadcasting)"
+        )
+    diff = target - pred
+    return diff.abs() if p == 1 else diff.square()
+
+
+def lp_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    p: int = 1,
+    weight: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean of ``weight * |target - pred|^p`` over elements; Nie et al. 2018, Eq. 1.
+
+    Args:
+        pred: G(X), (B, C, H, W).
+        target: Y, same shape.
+        p: 1 (L1, mean absolute error) or 2 (L2, mean squared error).
+        weight: optional non-negative per-element weight broadcastable to ``pred`` (e.g. the
+            attention map F of Eq. 8, (B, 1, H, W)). The result is still divided by the number of
+            elements, not by the sum of weights, as in Eq. 7.
+        mask: optional boolean tensor broadcastable to ``pred``; only ``True`` elements count and
+            the mean is over them. An empty mask gives 0 (still attached to the graph).
+
+    Returns:
+        A scalar tensor.
+    """
+    err = lp_error(pred, target, p)
+    if weight is not None:
+        _check_broadcast("weight", weight, err.shape)
+        err = err * weight
+    if mask is None:
+        return err.mean()
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a boolean tensor, got {mask.dtype}; use weight= for soft weights")
+    _check_broadcast("mask", mask, err.shape)
+    mask = mask.expand(err.shape)
+    count = mask.sum().clamp_min(1)
+    return torch.where(mask, err, torch.zeros_like(err)).sum() / count

@@ -1,0 +1,7 @@
+"""Methods by name. Each module registers its variants in :data:`METHODS` when imported.
+
+Adding a method is one file here plus one import line below.
+"""
+
+from medsyn.methods.base import METHODS, Method, MethodSpec, Runtime, register  # noqa: F401
+from medsyn.methods import nie2018  # noqa: F401,E402

@@ -1,0 +1,138 @@
+"""``medsyn evaluate``: compare predicted volumes with a reference dataset, per subject and region.
+
+Predictions are read from ``PRED/<subject>/<modality>.nii.gz`` (what ``medsyn predict`` writes)
+and compared, in the files' own units (HU for CT, the MR scale), with the reference dataset's
+``<subject>/<modality>``. Both must share the grid.
+
+Settings stated in the output:
+
+* mask: the foreground region — ``auto`` uses the subject's brainmask/bodymask, else a mask
+  computed from the reference (threshold + largest component + hole filling); or a named file.
+* data_range: ``ref`` = max − min of the reference inside the foreground, per subject (the usual
+  convention for MR, which has no absolute scale); or a fixed number (e.g. 4024 for CT in
+  [-1024, 3000] HU), the same for every subject.
+* regions: foreground; and where a label map (``seg``) exists: tumour (label > 0), healthy
+  (foreground without tumour) and one region per label value.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsyn.data.dataset import LABEL_NAMES, MASK_NAMES, discover
+from medsyn.data.masks import as_mask, compute_mask
+from medsyn.errors import ConfigError, DatasetError, GeometryError
+from medsyn.io.image import atomic_write_bytes, read_image, same_grid
+from medsyn.metrics import METRICS, data_range_of, evaluate_volume, region_masks, summarize
+
+DEFAULT_METRICS = ["mae", "mse", "psnr", "ssim", "ssim3d", "uqi"]
+
+
+def _find_pred(pred_dir: Path, sid: str, modality: str) -> Path | None:
+    for suffix in (".nii.gz", ".nii"):
+        p = pred_dir / sid / f"{modality}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, modality: str, *, mask: str = "auto",
+                         data_range: str | float = "ref", metrics: list[str] | None = None,
+                         manifest: str | Path | None = None, label: str | None = "auto") -> dict[str, Any]:
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise DatasetError(f"{pred_dir}: prediction folder not found")
+    metrics = list(metrics or DEFAULT_METRICS)
+    for m in metrics:
+        METRICS.get(m, key="--metrics")
+    fixed_range = None
+    if str(data_range) != "ref":
+        try:
+            fixed_range = float(data_range)
+        except ValueError:
+            raise ConfigError(f"--data-range: got {data_range!r}; expected 'ref' or a positive number") from None
+        if not fixed_range > 0:
+            raise ConfigError(f"--data-range: got {data_range!r}; expected a positive number")
+    ref_ds = discover(ref_root, manifest)
+    sids = sorted(p.name for p in pred_dir.iterdir() if p.is_dir() and _find_pred(pred_dir, p.name, modality))
+    if not sids:
+        raise DatasetError(f"{pred_dir}: no predictions found (expected <subject>/{modality}.nii.gz)")
+    per_subject: dict[str, Any] = {}
+    ranges: dict[str, float] = {}
+    mask_used: dict[str, str] = {}
+    for sid in sids:
+        if sid not in ref_ds.subjects:
+            raise DatasetError(f"{pred_dir / sid}: subject {sid!r} is not in the reference dataset {ref_ds.root}")
+        subj = ref_ds.subjects[sid]
+        ref_v = read_image(subj.path(modality))
+        pred_v = read_image(_find_pred(pred_dir, sid, modality))
+        if not same_grid(pred_v, ref_v):
+            raise GeometryError(f"{pred_v.path}: grid {pred_v.shape} differs from the reference {ref_v.path} {ref_v.shape}; "
+                                "predictions must be written in the reference's geometry")
+        ref = ref_v.array.astype(np.float64)
+        pred = pred_v.array.astype(np.float64)
+        if not np.isfinite(pred).all():
+            raise DatasetError(f"{pred_v.path}: prediction holds NaN/Inf values")
+        if mask == "auto":
+            name = next((n for n in MASK_NAMES if n in subj.files), None)
+        else:
+            name = mask
+        if name is not None:
+            mv = read_image(subj.path(name))
+            if not same_grid(mv, ref_v):
+                raise GeometryError(f"{mv.path}: mask grid differs from {ref_v.path}")
+            fg = as_mask(mv.array, mv.path)
+            mask_used[sid] = name if name not in LABEL_NAMES else f"{name} > 0"
+        else:
+            fg = compute_mask(ref_v.array)
+            mask_used[sid] = "computed from reference"
+        lab = None
+        lab_name = next((n for n in LABEL_NAMES if n in subj.files), None) if label == "auto" else label
+        if lab_name is not None and lab_name in subj.files:
+            lv = read_image(subj.path(lab_name))
+            if same_grid(lv, ref_v):
+                lab = np.rint(lv.array).astype(np.int32)
+        dr = fixed_range if fixed_range is not None else data_range_of(ref, fg)
+        ranges[sid] = float(dr)
+        per_subject[sid] = evaluate_volume(pred, ref, data_range=dr, regions=region_masks(fg, lab), metrics=metrics)
+    settings = {
+        "modality": modality, "prediction_dir": str(pred_dir), "reference": str(ref_ds.root),
+        "data_range": "per-subject max-min of the reference inside the foreground" if fixed_range is None else fixed_range,
+        "data_range_per_subject": ranges, "mask": mask_used, "metrics": metrics,
+        "units": "the files' own units (HU for CT, MR scanner scale for MR)",
+        "psnr_identical": "inf (no cap); summaries count finite values only and report n_inf",
+    }
+    return {"subjects": per_subject, "summary": summarize(per_subject), "settings": settings}
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "inf" if obj > 0 else ("-inf" if obj < 0 else None)
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_results(results: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """JSON (inf written as the string "inf", NaN as null) and a CSV of the per-subject rows."""
+    out = Path(out)
+    atomic_write_bytes(out, json.dumps(_clean(results), indent=1).encode())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    metrics = results["settings"]["metrics"]
+    w.writerow(["subject", "region", *metrics])
+    for sid, regions in results["subjects"].items():
+        for region, vals in regions.items():
+            w.writerow([sid, region, *[vals.get(m, "") for m in metrics]])
+    csv_path = out.with_suffix(".csv")
+    atomic_write_bytes(csv_path, buf.getvalue().encode())
+    return out, csv_path
