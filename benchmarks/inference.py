@@ -53,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="torch.autocast: bfloat16 on CPU, float16 on CUDA")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--repeat", type=int, default=1, help="timed runs per method; the fastest is reported")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="rounds of all methods, interleaved (A B C A B C …); each method's fastest run is reported")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--quick", action="store_true", help="small problem: 96×96×24, 64² windows")
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
@@ -227,14 +228,11 @@ def worker(args) -> None:
         torch.cuda.reset_peak_memory_stats()
     rss_before = _rss_mb()
     run = {"medsyn": run_medsyn, "monai": run_monai, "loop": run_loop}[args.worker]
-    times = []
-    for _ in range(max(1, args.repeat)):
-        t0 = time.perf_counter()
-        out = run(model, volume, args, device, amp_dtype)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    seconds = min(times)
+    t0 = time.perf_counter()
+    out = run(model, volume, args, device, amp_dtype)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
     np.save(args.out, out)
     result = {
         "method": args.worker,
@@ -265,17 +263,21 @@ def main(argv=None) -> int:
     results = {}
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        for method in args.methods:
-            out = Path(tmp) / f"{method}.npy"
-            cmd = [sys.executable, __file__, *base_argv, "--worker", method, "--out", str(out)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                print(f"{method} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
-                return 1
-            results[method] = json.loads(line[len("RESULT "):])
-            results[method]["output"] = np.load(out)
-            print(f"  {method:7s} done in {results[method]['seconds']:.1f} s", flush=True)
+        for round_ in range(max(1, args.repeat)):  # interleaved rounds: load changes hit every method alike
+            for method in args.methods:
+                out = Path(tmp) / f"{method}.npy"
+                cmd = [sys.executable, __file__, *base_argv, "--worker", method, "--out", str(out)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                if proc.returncode != 0 or line is None:
+                    print(f"{method} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+                    return 1
+                r = json.loads(line[len("RESULT "):])
+                print(f"  round {round_ + 1}: {method:7s} {r['seconds']:.1f} s, "
+                      f"1-min load {os.getloadavg()[0]:.1f}", flush=True)
+                if method not in results or r["seconds"] < results[method]["seconds"]:
+                    results[method] = r
+                results[method]["output"] = np.load(out)
 
     first = next(iter(results.values()))
     m, x, y, z = first["shape"]

@@ -132,6 +132,8 @@ def _type_name(tp: Any) -> str:
         return " | ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is not None:
         return str(tp).replace("typing.", "")
+    if tp is type(None):
+        return "null"  # what the user writes in YAML / --set, not Python's NoneType
     return getattr(tp, "__name__", str(tp))
 
 
@@ -275,9 +277,33 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file, with ``extends: other.yaml`` (relative to this file) merged underneath.
+
+    Baselines and ablations extend the paper config and change only what differs.
+    """
+    p = Path(path).resolve()
+    if p in _seen:
+        raise ConfigError(f"config file {str(path)!r}: 'extends' loops back to itself")
+    data = read_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {str(path)!r}: 'extends' must be a file name")
+    return deep_merge(read_config_yaml(p.parent / base, _seen + (p,)), data)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read YAML (or defaults when ``path`` is None), apply ``--set`` overrides, validate."""
-    data = read_yaml(path) if path is not None else {}
+    data = read_config_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     return build_config(data)
 

@@ -39,9 +39,14 @@ def sample_root() -> Path:
 
 
 def resolve_root(root: str | Path) -> Path:
-    """``"sample"`` → the bundled sample; anything else is a path."""
+    """``"sample"`` → the bundled sample; ``"prepared:<task>"`` → a dataset prepared from the
+    sample and cached (medsyn.data.prepared); anything else is a path."""
     if str(root) == "sample":
         return sample_root()
+    if str(root).startswith("prepared:"):
+        from medsyn.data.prepared import prepared_root
+
+        return prepared_root(str(root).split(":", 1)[1])
     return Path(root).expanduser()
 
 

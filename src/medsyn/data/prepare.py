@@ -130,9 +130,16 @@ def _check_output(src: Path, out: Path, overwrite: bool) -> None:
                               "(--overwrite) to replace it")
 
 
+def _non_empty_dir(p: Path) -> bool:
+    return p.is_dir() and any(p.iterdir())
+
+
 @contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """Yield a hidden temp folder beside ``out``; on success it replaces ``out`` (rename)."""
+def _staging(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a hidden temp folder beside ``out``; on success it is renamed to ``out``.
+
+    A dataset that appeared at ``out`` meanwhile (another process) is kept unless ``overwrite``.
+    """
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
@@ -141,16 +148,28 @@ def _staging(out: Path) -> Iterator[Path]:
         raise OutputError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
     try:
         yield tmp
-        if out.exists():
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    appeared = OutputError(f"{out}: another dataset was written there meanwhile; kept it "
+                           "(pass overwrite=True to replace it)")
+    try:
+        if _non_empty_dir(out):
+            if not overwrite:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise appeared
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            os.replace(tmp, out)  # also replaces an empty folder
+    except OSError as e:
+        if _non_empty_dir(out) and not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise appeared from None
+        raise OutputError(f"{out}: cannot move the finished dataset into place ({e.strerror or e}); "
+                          f"it is complete in {tmp}") from None
 
 
 def _versions() -> dict[str, str]:
@@ -265,7 +284,7 @@ def prepare_motion(src_root: str | Path, out_root: str | Path, modality: str = "
               "transform": "torchio.RandomMotion" + (" + RandomGhosting" if ghosting else ""),
               "values": "absolute value of TorchIO's real-valued result"}
     records = []
-    with _staging(out) as tmp:
+    with _staging(out, overwrite) as tmp:
         for sid, files in subjects.items():
             s_seed = subject_seed(seed, sid)
             v = read_image(files[modality])
@@ -347,7 +366,7 @@ def prepare_denoise(src_root: str | Path, out_root: str | Path, modality: str = 
                                 else "mean counts per foreground voxel"),
               "foreground": "medsyn.data.masks.compute_mask of the clean image"}
     records = []
-    with _staging(out) as tmp:
+    with _staging(out, overwrite) as tmp:
         for sid, files in subjects.items():
             s_seed = subject_seed(seed, sid)
             v = read_image(files[modality])
@@ -444,7 +463,7 @@ def prepare_translation_2d(src_root: str | Path, out_root: str | Path, source: s
               "interpolation": "linear (labels nearest)", "orientation": "canonical RAS, axial = axis 2",
               "output_dtype": "float32", "crop": "size×size centred on the foreground bounding box"}
     records = []
-    with _staging(out) as tmp:
+    with _staging(out, overwrite) as tmp:
         for sid, files in subjects.items():
             vs, vt = read_image(files[source]), read_image(files[target])
             if not same_grid(vs, vt):

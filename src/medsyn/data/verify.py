@@ -80,7 +80,7 @@ def verify_subject(ds: Dataset, sid: str, requested: list[str], resample: bool) 
         if m not in subj.files:
             rep.problems.append(Problem(sid, f"{where}/{m}.nii.gz", f"missing modality {m!r} "
                                         f"(subject has: {', '.join(sorted(subj.files)) or 'no images'})"))
-    checked = requested or sorted(subj.files)
+    checked = list(requested) if requested else sorted(subj.files)  # a copy: never grow the caller's list
     others = [m for m in sorted(subj.files) if m not in checked]
     if requested:
         # masks and labels are always checked; other unrequested images are reported as extra

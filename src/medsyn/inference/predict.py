@@ -186,10 +186,11 @@ def _warn_out_of_distribution(run: LoadedRun, case: Case) -> None:
         vals = v.array[case.mask].astype(np.float64)
         med = float(np.median(vals)) if vals.size else 0.0
         lo, hi = s["median_range"]
-        span = max(hi - lo, 1e-6)
-        if med < lo - 2 * span or med > hi + 2 * span:
+        # MR scales differ between scanners by small factors, not by orders of magnitude
+        if lo > 0 and (med < lo / OOD_FACTOR or med > hi * OOD_FACTOR):
             warnings.warn(f"{v.path}: median foreground intensity {med:.4g} is far outside the training data's "
-                          f"[{lo:.4g}, {hi:.4g}]; is this the right modality ({m})?", stacklevel=2)
+                          f"[{lo:.4g}, {hi:.4g}] (more than {OOD_FACTOR:g}×); is this the right modality ({m})?",
+                          stacklevel=2)
 
 
-Progress = Any
+OOD_FACTOR = 4.0

@@ -177,6 +177,8 @@ def read_image(path: str | Path) -> Volume:
 def _read_nifti(p: Path) -> Volume:
     img = nib.load(str(p))
     dtype = img.header.get_data_dtype()
+    if 0 in img.shape:  # nibabel reads such a file as a 1D (0,) array, losing the shape
+        raise DatasetError(f"{p}: image has a zero-size dimension, shape {tuple(img.shape)}")
     # read every byte: np.asarray(dataobj) decompresses the whole file and applies scl_slope
     arr = np.asarray(img.dataobj)
     affine = img.affine if img.affine is not None else np.eye(4)
@@ -258,11 +260,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, p)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _remove_quietly(tmp)
         raise OutputError(f"{p}: cannot write ({e.strerror or e}); check free space and permissions") from None
+    except BaseException:  # any other failure (a bug, Ctrl-C): still no temp file left behind
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def write_like(reference: Volume, array: np.ndarray, path: str | Path, dtype: np.dtype | str | None = None) -> Path:
@@ -301,11 +310,11 @@ def _atomic_nifti(img: nib.Nifti1Image, p: Path) -> Path:
         nib.save(img, tmp)
         os.replace(tmp, p)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _remove_quietly(tmp)
         raise OutputError(f"{p}: cannot write ({e.strerror or e}); check free space and permissions") from None
+    except BaseException:  # any other failure (a bug, Ctrl-C): still no temp file left behind
+        _remove_quietly(tmp)
+        raise
     return p
 
 

@@ -94,6 +94,11 @@ class MethodSpec:
     method_cls: type
     defaults: dict[str, Any] = field(default_factory=dict)
     sample_kind: str = "2.5d"  # how the engine samples: "2.5d" (k slices → 1), "2d" (k = 1)
+    #: optional ``fn(cfg, data: PreparedData, seed) -> sampler`` replacing the default patch sampler;
+    #: a sampler has ``batch(n) -> dict[str, Tensor]``, ``state_dict()`` and ``load_state_dict()``
+    make_sampler: Callable[..., Any] | None = None
+    #: False for methods that are not source → target translators (no full-volume validation)
+    predicts_volumes: bool = True
 
     def make_params(self, params: dict[str, Any] | None = None) -> Any:
         """Typed params: the spec's defaults overridden by the user's ``params``."""

@@ -52,10 +52,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 from scipy import ndimage
 from skimage.metrics import structural_similarity
-from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
 from medsyn.errors import ConfigError, GeometryError
 from medsyn.registry import Registry
@@ -63,7 +61,7 @@ from medsyn.registry import Registry
 MetricFn = Callable[..., float]
 METRICS: Registry[MetricFn] = Registry("metric")
 
-# SSIM: Wang, Bovik, Sheikh & Simoncelli 2004, §III-C: 11×11 circular-symmetric Gaussian window,
+# SSIM: Wang, Bovik, Sheikh & Simoncelli 2004 (IEEE TIP 13(4)): 11×11 circular-symmetric Gaussian window,
 # σ = 1.5, K1 = 0.01, K2 = 0.03, population (not sample) covariances.
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
@@ -75,9 +73,10 @@ SSIM_RADIUS = int(_SSIM_TRUNCATE * SSIM_SIGMA + 0.5)  # 5 → an 11-voxel window
 UQI_SIGMA = 1.5
 UQI_RADIUS = 5
 
-# MS-SSIM: Wang, Simoncelli & Bovik 2003, five scales and their exponents (Table/§3.2).
+# MS-SSIM: Wang, Simoncelli & Bovik 2003: five scales and their calibrated exponents (coarsest last),
+# also torchmetrics' default.
 MS_SSIM_BETAS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-_MS_SSIM_KERNEL = 11  # the Gaussian window torchmetrics builds from σ = 1.5
+_MS_SSIM_KERNEL = 11  # Gaussian window, σ = 1.5 (torchmetrics' default)
 
 # VIF (pixel domain, Sheikh & Bovik 2006) as in torchmetrics: 4 scales, visual-noise variance
 # σ_n² = 2 on an 8-bit [0, 255] intensity scale. Images are mapped to that scale with
@@ -86,8 +85,6 @@ VIF_SIGMA_N_SQ = 2.0
 VIF_SCALE = 255.0
 VIF_MIN_SIDE = 41
 _VIF_EPS = 1e-10
-
-_TORCH_CHUNK = 16  # axial slices per torch batch (bounds memory on 155-slice volumes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,10 +175,13 @@ def _gaussian_1d(size: int, sigma: float) -> np.ndarray:
     return g / g.sum()
 
 
-def _filter_inplane(a: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Separable filtering of a (X, Y, Z) stack along X and Y only (each slice on its own)."""
-    out = ndimage.correlate1d(a, weights, axis=0, mode="reflect")
-    return ndimage.correlate1d(out, weights, axis=1, mode="reflect")
+def _filter_inplane(a: np.ndarray, weights: np.ndarray, mode: str = "mirror") -> np.ndarray:
+    """Separable filtering of a (X, Y, Z) stack along X and Y only (each slice on its own).
+
+    ``mode="mirror"`` (d c b | a b c d | c b a) is torch's ``F.pad(..., mode="reflect")``.
+    """
+    out = ndimage.correlate1d(a, weights, axis=0, mode=mode)
+    return ndimage.correlate1d(out, weights, axis=1, mode=mode)
 
 
 def _mask_box(mask: np.ndarray, shape: tuple[int, int], min_side: int) -> tuple[slice, slice]:
@@ -214,17 +214,14 @@ def _slices_in_box(
     return p[box][:, :, keep], r[box][:, :, keep], counts[keep].astype(np.float64)
 
 
-def _to_batch(a: np.ndarray) -> torch.Tensor:
-    """(X, Y, Z) → (Z, 1, X, Y) tensor."""
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, 2, 0)[:, None]))
-
-
 # --------------------------------------------------------------------------------------------
 # voxel-wise errors
 
 
 @METRICS.register("mae")
-def mae(pred: np.ndarray, ref: np.ndarray, *, data_range: Optional[float] = None, mask: Optional[np.ndarray] = None) -> float:
+def mae(
+    pred: np.ndarray, ref: np.ndarray, *, data_range: Optional[float] = None, mask: Optional[np.ndarray] = None
+) -> float:
     """Mean absolute error ``mean |pred − ref|`` in the images' own units.
 
     Args:
@@ -243,7 +240,9 @@ def mae(pred: np.ndarray, ref: np.ndarray, *, data_range: Optional[float] = None
 
 
 @METRICS.register("mse")
-def mse(pred: np.ndarray, ref: np.ndarray, *, data_range: Optional[float] = None, mask: Optional[np.ndarray] = None) -> float:
+def mse(
+    pred: np.ndarray, ref: np.ndarray, *, data_range: Optional[float] = None, mask: Optional[np.ndarray] = None
+) -> float:
     """Mean squared error ``mean (pred − ref)²`` in the images' units squared.
 
     Args:
@@ -405,7 +404,9 @@ def _uqi_map(p: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...
 
 
 @METRICS.register("uqi")
-def uqi(pred: np.ndarray, ref: np.ndarray, *, data_range: Optional[float] = None, mask: Optional[np.ndarray] = None) -> float:
+def uqi(
+    pred: np.ndarray, ref: np.ndarray, *, data_range: Optional[float] = None, mask: Optional[np.ndarray] = None
+) -> float:
     """Mean 2D universal image quality index over axial slices (Wang & Bovik 2002).
 
     ``Q = 4·μp·μr·σpr / ((μp² + μr²)(σp² + σr²))`` in an 11×11 Gaussian window (σ = 1.5),
@@ -441,9 +442,49 @@ def _uqi_many(pred, ref, *, data_range=None, masks):
 
 
 def ms_ssim_min_side(n_scales: int) -> int:
-    """Smallest in-plane side torchmetrics accepts for MS-SSIM with ``n_scales`` scales and the
-    11-voxel window: 176 for the standard 5 scales, 44 for 3."""
+    """Smallest in-plane side for MS-SSIM with ``n_scales`` scales: 176 for the standard 5
+    (the coarsest scale, 1/16 of the image, still holds an 11-voxel window), 44 for 3.
+
+    The rule torchmetrics enforces, ``11·max(1, n−1)²`` (and ≥ 2ⁿ), kept so that every image
+    medsyn accepts is one torchmetrics accepts.
+    """
     return max(2**n_scales, _MS_SSIM_KERNEL * max(1, n_scales - 1) ** 2)
+
+
+def _avg_pool2(a: np.ndarray) -> np.ndarray:
+    """2×2 in-plane average pooling of a (X, Y, Z) stack, dropping an odd last row/column
+    (torch ``F.avg_pool2d(x, 2)``)."""
+    x, y = a.shape[0] // 2, a.shape[1] // 2
+    return a[: 2 * x, : 2 * y].reshape(x, 2, y, 2, a.shape[2]).mean(axis=(1, 3))
+
+
+def _ms_ssim_slices(p: np.ndarray, r: np.ndarray, dr: float, betas: tuple[float, ...]) -> np.ndarray:
+    """Per-slice MS-SSIM of (X, Y, Z) stacks, torchmetrics' arithmetic in float64.
+
+    At each scale: Gaussian statistics (11×11, σ = 1.5) on the reflect-padded slice; the
+    contrast-structure term ``(2σpr + C2)/(σp² + σr² + C2)`` averaged over the interior (5 voxels
+    from the border), except at the coarsest scale where the full SSIM is averaged over the
+    whole slice; each mean clamped at 0 (``normalize="relu"``), raised to its beta; 2×2 average
+    pooling between scales.
+    """
+    w = _gaussian_1d(_MS_SSIM_KERNEL, SSIM_SIGMA)
+    k = (_MS_SSIM_KERNEL - 1) // 2
+    c1, c2 = (SSIM_K1 * dr) ** 2, (SSIM_K2 * dr) ** 2
+    score = np.ones(p.shape[2])
+    for i, beta in enumerate(betas):
+        mu_p, mu_r = _filter_inplane(p, w), _filter_inplane(r, w)
+        var_p = np.clip(_filter_inplane(p * p, w) - mu_p**2, 0.0, None)
+        var_r = np.clip(_filter_inplane(r * r, w) - mu_r**2, 0.0, None)
+        cov = _filter_inplane(p * r, w) - mu_p * mu_r
+        cs = (2.0 * cov + c2) / (var_p + var_r + c2)
+        if i == len(betas) - 1:
+            lum = (2.0 * mu_p * mu_r + c1) / (mu_p**2 + mu_r**2 + c1)
+            term = (lum * cs).mean(axis=(0, 1))
+        else:
+            term = cs[k:-k, k:-k].mean(axis=(0, 1))
+            p, r = _avg_pool2(p), _avg_pool2(r)
+        score *= np.maximum(term, 0.0) ** beta
+    return score
 
 
 @METRICS.register("ms_ssim")
@@ -457,11 +498,12 @@ def ms_ssim(
 ) -> float:
     """Mean 2D multi-scale SSIM over axial slices (Wang, Simoncelli & Bovik 2003).
 
-    Computed by torchmetrics' ``multiscale_structural_similarity_index_measure`` with its
+    The values of torchmetrics' ``multiscale_structural_similarity_index_measure`` with its
     defaults (Gaussian σ = 1.5, 11×11 window, K1 = 0.01, K2 = 0.03, 2×2 average pooling between
-    scales, ``normalize="relu"`` so a negative term cannot give NaN). The images are divided by
-    ``data_range`` and computed in float32 (SSIM is invariant to that joint scaling; float64
-    convolutions are ~10× slower on CPU); agreement with float64 is ~1e-6.
+    scales, ``normalize="relu"`` so a negative term cannot give NaN), recomputed in float64 with
+    separable scipy filters (:func:`_ms_ssim_slices`): torch's float64 CPU convolutions take
+    ~40 s on a 155×240×240 volume, float32 loses precision in scanner units, and torch's
+    threads slow down badly on a busy machine.
 
     The scales are fixed, not adapted to the image size, so scores stay comparable: with the
     5 standard ``betas`` every in-plane side must be ≥ 176 (:func:`ms_ssim_min_side`); for
@@ -487,22 +529,7 @@ def ms_ssim(
     if _empty(mask):
         return float("nan")
     ps, rs, weights = _slices_in_box(_as_stack(p), _as_stack(r), _reshape_mask(mask), min_side)
-    tp = _to_batch(ps / dr).float()
-    tr = _to_batch(rs / dr).float()
-    scores = []
-    for i in range(0, tp.shape[0], _TORCH_CHUNK):
-        s = multiscale_structural_similarity_index_measure(
-            tp[i : i + _TORCH_CHUNK],
-            tr[i : i + _TORCH_CHUNK],
-            data_range=1.0,
-            kernel_size=_MS_SSIM_KERNEL,
-            sigma=1.5,
-            betas=betas,
-            normalize="relu",
-            reduction="none",
-        )
-        scores.append(s.double().numpy())
-    return float(np.average(np.concatenate(scores), weights=weights))
+    return float(np.average(_ms_ssim_slices(ps, rs, dr, betas), weights=weights))
 
 
 def _vif_terms(p: np.ndarray, r: np.ndarray, sigma_n_sq: float = VIF_SIGMA_N_SQ) -> tuple[np.ndarray, np.ndarray]:

@@ -132,12 +132,16 @@ class Trainer:
         n_src = len(d.source)
         k = d.context_slices if self.spec.sample_kind == "2.5d" else 1
         self.context = k
-        self.sampler = PatchSampler25D(self.data.train, slice_axis=d.slice_axis, context=k,
-                                       patch_size=tuple(d.patch_size), foreground_fraction=d.foreground_fraction,
-                                       label_fraction=d.label_fraction, augment=d.augment, seed=cfg.train.seed)
-        preview_sampler = PatchSampler25D(self.data.val or self.data.train, slice_axis=d.slice_axis, context=k,
-                                          patch_size=tuple(d.patch_size), foreground_fraction=1.0,
-                                          label_fraction=0.5, augment=False, seed=cfg.train.seed + 1)
+        if self.spec.make_sampler is not None:
+            self.sampler = self.spec.make_sampler(cfg, self.data, cfg.train.seed)
+            preview_sampler = self.spec.make_sampler(cfg, self.data, cfg.train.seed + 1)
+        else:
+            self.sampler = PatchSampler25D(self.data.train, slice_axis=d.slice_axis, context=k,
+                                           patch_size=tuple(d.patch_size), foreground_fraction=d.foreground_fraction,
+                                           label_fraction=d.label_fraction, augment=d.augment, seed=cfg.train.seed)
+            preview_sampler = PatchSampler25D(self.data.val or self.data.train, slice_axis=d.slice_axis, context=k,
+                                              patch_size=tuple(d.patch_size), foreground_fraction=1.0,
+                                              label_fraction=0.5, augment=False, seed=cfg.train.seed + 1)
         self.preview = preview_sampler.batch(min(4, cfg.train.batch_size))
         params = method_params(cfg)
         self.method: Method = self.spec.build(params, in_channels=n_src * k, out_channels=1,
@@ -280,7 +284,7 @@ class Trainer:
                 if self.step % self.steps_per_epoch == 0:
                     self.epoch += 1
                     self.method.epoch_end(self.epoch)
-                    if cfg.train.validate and self.data.val:
+                    if cfg.train.validate and self.data.val and self.spec.predicts_volumes:
                         self.validate()
                 if cfg.train.sample_every and self.step % cfg.train.sample_every == 0:
                     self.save_samples()
@@ -347,6 +351,8 @@ class Trainer:
         from medsyn.reports.samples import save_sample_grid
 
         m = self.method
+        if not self.spec.predicts_volumes:
+            return m.save_samples(self.run.samples / f"step_{self.step:08d}.png", self.preview) if hasattr(m, "save_samples") else None
         was_training = m.training
         m.eval()
         x = self.preview["source"].to(self.device)
