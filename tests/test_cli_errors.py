@@ -74,7 +74,7 @@ def test_train_missing_dataset_folder(capsys, tmp_path):
     missing = tmp_path / "no-such-dataset"
     rc, _, err = run_cli(capsys, "train", *TINY_TRAIN, "--set", f"data.root={missing}", "--out", tmp_path / "run")
     assert_user_error(rc, err, str(missing))
-    assert not missing.exists()
+    assert not missing.exists() and not (tmp_path / "run").exists()  # no half-made run folder
 
 
 def test_train_unknown_config_key(capsys, tmp_path):

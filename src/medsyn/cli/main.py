@@ -158,7 +158,7 @@ def evaluate(
 
 def _print_summary(res: dict) -> None:
     table = Table(title="summary (mean ± std over subjects)")
-    table.add_column("region")
+    table.add_column("region", no_wrap=True)
     metrics = res["settings"]["metrics"]
     for m in metrics:
         table.add_column(m)
@@ -167,7 +167,10 @@ def _print_summary(res: dict) -> None:
         for m in metrics:
             v = vals.get(m, {})
             mean, std = v.get("mean"), v.get("std")
-            row.append("-" if mean is None else f"{mean:.4g} ± {std:.2g}")
+            if mean is None or mean != mean:
+                row.append("-")
+            else:
+                row.append(f"{mean:.4g}" + (f" ± {std:.2g}" if std is not None and std == std else ""))
         table.add_row(region, *row)
     console.print(table)
 
@@ -210,6 +213,11 @@ def demo(
     from medsyn.cli.demo import run_demo
 
     run_demo(minutes=minutes, out=out, device=device, max_steps=max_steps, console=console)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sub-command groups of other modules (one line each):
+# medsyn-subcommands
 
 
 # ------------------------------------------------------------------------------------------------

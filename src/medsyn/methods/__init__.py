@@ -5,3 +5,4 @@ Adding a method is one file here plus one import line below.
 
 from medsyn.methods.base import METHODS, Method, MethodSpec, Runtime, register  # noqa: F401
 from medsyn.methods import nie2018  # noqa: F401,E402
+# one import line per method module:

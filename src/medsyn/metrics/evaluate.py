@@ -99,7 +99,11 @@ def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, modality: s
             lv = read_image(subj.path(lab_name))
             if same_grid(lv, ref_v):
                 lab = np.rint(lv.array).astype(np.int32)
-        dr = fixed_range if fixed_range is not None else data_range_of(ref, fg)
+        try:
+            dr = fixed_range if fixed_range is not None else data_range_of(ref, fg)
+        except ValueError as e:
+            raise DatasetError(f"{ref_v.path}: cannot take the data range inside the mask ({e}); "
+                               "pass a fixed --data-range") from None
         ranges[sid] = float(dr)
         per_subject[sid] = evaluate_volume(pred, ref, data_range=dr, regions=region_masks(fg, lab), metrics=metrics)
     settings = {
@@ -112,20 +116,21 @@ def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, modality: s
     return {"subjects": per_subject, "summary": summarize(per_subject), "settings": settings}
 
 
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """inf → "inf", NaN → null, recursively (strict JSON has neither)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return "inf" if obj > 0 else ("-inf" if obj < 0 else None)
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def write_results(results: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
     """JSON (inf written as the string "inf", NaN as null) and a CSV of the per-subject rows."""
     out = Path(out)
-    atomic_write_bytes(out, json.dumps(_clean(results), indent=1).encode())
+    atomic_write_bytes(out, json.dumps(json_safe(results), indent=1).encode())
     buf = io.StringIO()
     w = csv.writer(buf)
     metrics = results["settings"]["metrics"]
