@@ -71,8 +71,8 @@ def tiny_dataset(tmp_path: Path) -> Callable[..., Path]:
         root = tmp_path / name
         root.mkdir()
         arrays = arrays or {}
-        for i, sid in enumerate(subjects):
-            for j, m in enumerate(modalities):
+        for sid in subjects:
+            for m in modalities:
                 arr = phantom(shape, seed=zlib.crc32(f"{sid}/{m}".encode()), dtype=dtype)
                 write_nii(root / sid / f"{m}.nii.gz", arr, affine)
             for m, arr in arrays.get(sid, {}).items():

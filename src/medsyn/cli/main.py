@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:monai")
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # returns typer.Exit's code in this mode
     except MedsynError as e:
         err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

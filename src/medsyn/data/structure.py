@@ -397,29 +397,20 @@ class LabelAugmentConfig:
             raise ValueError(f"flip_prob: expected a probability, got {self.flip_prob}")
 
 
-def augment_label(
-    label: np.ndarray,
+def random_label_affine(
     rng: np.random.Generator | int,
+    shape: tuple[int, int],
     config: LabelAugmentConfig = LabelAugmentConfig(),
-) -> np.ndarray:
-    """A random scale + rotation + translation + flip of one lesion label map (Sec. 2.8).
+) -> tuple[np.ndarray, np.ndarray]:
+    """The random scale + rotation + translation + flip of :func:`augment_label`, as a map.
 
-    Nearest-neighbour resampling (``scipy.ndimage.affine_transform(order=0)``), zero outside
-    the slice, so every output value is a value of the input (class ids are never blended).
-    Reproducible: the same ``rng`` seed gives the same output.
-
-    Args:
-        label: ``(H, W)`` integer class map (0 = background).
-        rng: a ``numpy.random.Generator`` or an integer seed.
-        config: the ranges, see :class:`LabelAugmentConfig`.
-
-    Returns:
-        ``(H, W)`` array with ``label``'s dtype. Parts moved out of the slice are lost; check
-        the result with :func:`check_lesion_label` before use.
+    Returns ``(inverse, offset)`` for ``scipy.ndimage.affine_transform`` (output pixel ``o`` reads
+    input ``inverse @ o + offset``), so the same transform can be applied to a label with order 0
+    and to its images with order 1 (Sec. 3.4's augmented data set). Draws, in this order: scale,
+    angle, shift (2), flips (2) from ``rng``.
     """
-    label = _check_2d(label, "augment_label")
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
-    h, w = label.shape
+    h, w = shape
     scale = rng.uniform(*config.scale_range)
     theta = np.deg2rad(rng.uniform(*config.rotation_deg))
     shift = rng.uniform(-config.max_translation, config.max_translation, size=2) * np.array([h, w])
@@ -431,8 +422,34 @@ def augment_label(
     inverse = np.linalg.inv(forward)
     centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
     offset = centre - inverse @ (centre + shift)
+    return inverse, offset
+
+
+def augment_label(
+    label: np.ndarray,
+    rng: np.random.Generator | int,
+    config: LabelAugmentConfig = LabelAugmentConfig(),
+) -> np.ndarray:
+    """A random scale + rotation + translation + flip of one lesion label map (Sec. 2.8).
+
+    Nearest-neighbour resampling (``scipy.ndimage.affine_transform(order=0)``), zero outside
+    the slice, so every output value is a value of the input (class ids are never blended).
+    Reproducible: the same ``rng`` seed gives the same output. The transform is
+    :func:`random_label_affine`.
+
+    Args:
+        label: ``(H, W)`` integer class map (0 = background).
+        rng: a ``numpy.random.Generator`` or an integer seed.
+        config: the ranges, see :class:`LabelAugmentConfig`.
+
+    Returns:
+        ``(H, W)`` array with ``label``'s dtype. Parts moved out of the slice are lost; check
+        the result with :func:`check_lesion_label` before use.
+    """
+    label = _check_2d(label, "augment_label")
+    inverse, offset = random_label_affine(rng, label.shape, config)
     out = ndimage.affine_transform(
-        label, inverse, offset=offset, output_shape=(h, w), order=0, mode="constant", cval=0
+        label, inverse, offset=offset, output_shape=label.shape, order=0, mode="constant", cval=0
     )
     return out.astype(label.dtype, copy=False)
 
