@@ -231,13 +231,15 @@ class WeightedAggregator:
     grid) are covered exactly once per index, so the normaliser is computed over the other axes
     only and broadcast — for a 2.5D volume it is one 2D map.
 
-    Sums are kept in float64 (``accumulate_dtype``): the identity model then gives back its
-    input up to float32 rounding whatever the number of overlapping windows.
+    Sums are kept in float64 (``accumulate_dtype``; float32 on Apple MPS, which lacks float64):
+    the identity model then gives back its input exactly, whatever the number of overlapping
+    windows. The extra memory is one volume-sized float64 buffer per output channel.
 
     Args:
         sampler: the grid the predictions come from.
         weights: per-pixel window weights, shape ``sampler.patch_size``, all > 0.
         device: where the sums live (the volume-sized buffer).
+        accumulate_dtype: dtype of the sums; default float64 (float32 on MPS).
     """
 
     def __init__(
@@ -246,7 +248,7 @@ class WeightedAggregator:
         weights: torch.Tensor,
         *,
         device: str | torch.device = "cpu",
-        accumulate_dtype: torch.dtype = torch.float64,
+        accumulate_dtype: torch.dtype | None = None,
     ) -> None:
         if tuple(weights.shape) != sampler.patch_size:
             raise ValueError(f"weights shape {tuple(weights.shape)} != patch size {sampler.patch_size}")
@@ -254,7 +256,8 @@ class WeightedAggregator:
             raise ValueError("window weights must be > 0 everywhere, or border pixels get no weight")
         self.sampler = sampler
         self.device = torch.device(device)
-        self.dtype = accumulate_dtype
+        # float64 sums except where the backend has no float64 (Apple MPS)
+        self.dtype = accumulate_dtype or (torch.float32 if self.device.type == "mps" else torch.float64)
         self.weights = weights.to(self.device, self.dtype)
         self.normaliser = self._normaliser()
         self._sum: torch.Tensor | None = None
