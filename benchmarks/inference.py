@@ -226,6 +226,11 @@ def worker(args) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    # imports outside the timed region (importing MONAI alone takes seconds)
+    if args.worker == "medsyn":
+        import medsyn.inference.sliding_window  # noqa: F401
+    elif args.worker == "monai":
+        import monai.inferers  # noqa: F401
     rss_before = _rss_mb()
     run = {"medsyn": run_medsyn, "monai": run_monai, "loop": run_loop}[args.worker]
     t0 = time.perf_counter()

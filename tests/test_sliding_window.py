@@ -400,6 +400,7 @@ def test_autocast_bfloat16_returns_float32_close_to_float32():
         (dict(blend="max"), "blend"),
         (dict(batch_size=0), "batch_size"),
         (dict(pad_value=(1.0, 2.0, 3.0), patch_size=(20, 20)), "pad_value"),
+        (dict(pad_value=(1.0, 2.0, 3.0)), "pad_value"),  # reported even when no padding is needed
     ],
 )
 def test_user_errors_name_the_argument(kwargs, match):

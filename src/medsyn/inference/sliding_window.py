@@ -331,7 +331,7 @@ def gather_slice_stacks(
     offsets = np.arange(context) - context // 2
     slice_idx = np.clip(locations[:, :1] + offsets, 0, n_slices - 1).tolist()  # (B, k)
     # One copy of B·M·k plain views: a single parallel op per batch. (Advanced indexing per
-    # window was 100× slower on a loaded 2-core machine: each op pays a thread-pool sync.)
+    # window was up to 100× slower on a loaded 2-core machine: each op pays a thread-pool sync.)
     views = [
         volume[(m, s, *sampler.slices(loc)[1:])]
         for loc, stack in zip(locations, slice_idx)
@@ -373,7 +373,7 @@ def _model_device(model, device) -> torch.device:
 def _pad_values(volume: torch.Tensor, pad_value, n_channels: int) -> torch.Tensor:
     """``pad_value`` per channel; ``None`` → each channel's minimum (the image background)."""
     if pad_value is None:
-        return volume.reshape(n_channels, -1).amin(dim=1)
+        return volume.amin(dim=tuple(range(1, volume.ndim)))
     values = torch.as_tensor(pad_value, dtype=volume.dtype, device=volume.device).reshape(-1)
     if values.numel() == 1:
         values = values.expand(n_channels)
@@ -399,8 +399,9 @@ def _sliding_window(
     """Shared loop: pad → for each batch of windows: gather, model, aggregate → crop."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if sampler.needs_padding:
-        volume = sampler.pad(volume, _pad_values(volume, pad_value, volume.shape[0]))
+    if pad_value is not None or sampler.needs_padding:  # a wrong pad_value fails even when unused
+        pad = _pad_values(volume, pad_value, volume.shape[0])
+        volume = sampler.pad(volume, pad)
     aggregator = WeightedAggregator(sampler, blend_weights(sampler.patch_size, blend), device=device)
     total, done = len(sampler), 0
     was_training = isinstance(model, torch.nn.Module) and model.training
