@@ -86,15 +86,17 @@ class TrainConfig:
     epochs: int = 20
     max_steps: int | None = None
     minutes: float | None = None
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = False  # bf16 autocast on CUDA; ignored on CPU
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process uses cuda:LOCAL_RANK)
+    amp: bool = False  # bf16 autocast on CUDA; ignored on CPU (docs/scaling.md)
+    compile: bool = False  # torch.compile the generator (critics stay eager: gradient penalties need double backward)
+    find_unused_parameters: bool = False  # DDP: set when a method leaves some trained parameters without gradient
     log_every: int = 10
     sample_every: int = 200
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     validate: bool = True
     val_metric: str = "psnr"  # metric used to keep the best checkpoint
-    num_workers: int = 0
+    num_workers: int = 0  # loader processes cutting patches ahead (per training process); results do not change
 
 
 @dataclass
@@ -333,6 +335,8 @@ def validate_run_config(cfg: RunConfig) -> None:
             raise ConfigError(f"config key {name!r}: got {v}, expected a number in [0, 1]")
     if t.batch_size < 1:
         raise ConfigError(f"config key 'train.batch_size': got {t.batch_size}, expected ≥ 1")
+    if t.num_workers < 0:
+        raise ConfigError(f"config key 'train.num_workers': got {t.num_workers}, expected ≥ 0")
     if t.max_steps is not None and t.max_steps < 0:
         raise ConfigError(f"config key 'train.max_steps': got {t.max_steps}, expected ≥ 0")
     if not 0.0 <= cfg.inference.overlap < 1.0:

@@ -192,12 +192,18 @@ def methods() -> None:
 @app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run folders."),
-    out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
+    out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write; report.md and report_files/ go beside it."),
+    pred: list[Path] = typer.Option([], "--pred", help="Prediction folder (<subject>/<target>.nii.gz) to evaluate instead of predicting; one per run, in order (repeatable)."),
+    ref: Optional[Path] = typer.Option(None, "--ref", help="Reference dataset for the metrics (default: each run's data.root; 'sample' for the bundled sample)."),
+    subjects: Optional[str] = typer.Option(None, "--subjects", help="Comma-separated subjects to predict and show (default: the run's test split, else val); with --pred, the subjects to show."),
+    device: str = typer.Option("auto", "--device", help="Device for the report's own predictions: auto, cpu, cuda."),
 ) -> None:
-    """Write a report of one or more runs (training curves, metrics, images)."""
+    """HTML report of one or more runs: config, data, training curves, metric tables, image grids, error analysis,
+    a comparison table with paired tests, and a model card in each run folder."""
     from medsyn.reports.html import write_report
 
-    path = write_report(run_dirs, out)
+    path = write_report(run_dirs, out, pred_dirs=pred, ref=str(ref) if ref is not None else None,
+                        subjects=_split(subjects), device=device, log=lambda m: console.print(m, highlight=False))
     console.print(f"wrote {path}")
 
 
@@ -218,6 +224,9 @@ def demo(
 # ------------------------------------------------------------------------------------------------
 # Sub-command groups of other modules (one line each):
 # medsyn-subcommands
+from medsyn.cli.qu import register as _register_qu; _register_qu(app)  # noqa: E402
+from medsyn.cli.bench import register as _register_bench; _register_bench(app)  # noqa: E402
+from medsyn.cli.prepare import prepare_app; app.add_typer(prepare_app, name="prepare")  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,6 +9,11 @@ these functions make paired (source, target) datasets from any medsyn dataset:
 * :func:`prepare_translation_2d` — 2D axial slice pairs of two modalities at size×size and 1 mm
   in-plane spacing (the paper's 256×256 slice setting, e.g. T1 → T2 in place of PET → CT).
 
+Motion and denoising keep each subject's own grid by default; with ``size`` (and ``spacing``)
+they write the same size×size axial-slice grid as the 2D translation task (MedGAN's MR data:
+1 mm, 256×256): the corruption is made on the acquisition grid, then the corrupted and the clean
+volume are resliced identically (:func:`write_slice_grid`).
+
 Input: a folder of subject folders (every sub-folder holding at least one ``.nii``/``.nii.gz``
 is a subject; each must hold the requested modalities as ``<modality>.nii.gz`` or ``.nii``,
 else DatasetError naming the folder), or ``"sample"`` for the bundled sample.
@@ -53,6 +58,7 @@ CARRIED_NAMES = ("seg", "label", "labels", "brainmask", "bodymask", "mask")
 #: default noise levels (see prepare_denoise)
 DEFAULT_RICIAN_LEVEL = 0.05  # σ = 5 % of the mean foreground intensity (SNR 20 at the mean)
 DEFAULT_POISSON_COUNTS = 20.0  # mean counts per foreground voxel (SNR √20 ≈ 4.5 at the mean)
+DEFAULT_MIN_FOREGROUND = 0.1  # 2D grids: keep axial slices whose foreground is ≥ 10 % of the largest
 NOISE_MODELS = ("rician", "poisson")
 
 
@@ -264,17 +270,22 @@ def apply_motion(volume: Volume, seed: int, degrees: float = 10.0, translation: 
 def prepare_motion(src_root: str | Path, out_root: str | Path, modality: str = "t2w", seed: int = 0,
                    degrees: float = 10.0, translation: float = 10.0, num_transforms: int = 2,
                    ghosting: bool = False, num_ghosts: tuple[int, int] = (4, 10),
-                   ghost_intensity: tuple[float, float] = (0.5, 1.0), overwrite: bool = False) -> Path:
+                   ghost_intensity: tuple[float, float] = (0.5, 1.0), size: int | None = None,
+                   spacing: float | None = None, overwrite: bool = False) -> Path:
     """Motion-correction task (MedGAN Sec. 3.1 b): ``<modality>_motion`` → ``<modality>``.
 
     For each subject writes ``<modality>_motion.nii.gz`` (float32, artefact, see
     :func:`apply_motion`; TorchIO defaults: ±10°, ±10 mm, 2 movements) and the clean
     ``<modality>.nii.gz`` (original values and storage type), both in the subject's own geometry
-    (original affine and axis order). Returns ``out_root``.
+    (original affine and axis order). With ``size`` both are resliced to size×size axial slices
+    at ``spacing`` mm in-plane (None: native) after the artefact is made — MedGAN's MR setting is
+    ``size=256, spacing=1.0`` (see :func:`write_slice_grid`; the clean image is then float32).
+    Returns ``out_root``.
     """
     if degrees < 0 or translation < 0 or num_transforms < 1:
         raise ConfigError(f"motion: degrees ≥ 0, translation ≥ 0 and num_transforms ≥ 1 expected, got "
                           f"{degrees}, {translation}, {num_transforms}")
+    _check_grid(size, spacing)
     src, out = _resolve_root(src_root), Path(out_root).expanduser()
     subjects = discover_subjects(src, [modality])
     _check_output(src, out, overwrite)
@@ -282,7 +293,7 @@ def prepare_motion(src_root: str | Path, out_root: str | Path, modality: str = "
               "num_transforms": num_transforms, "ghosting": ghosting, "num_ghosts": list(num_ghosts),
               "ghost_intensity": list(ghost_intensity), "output_dtype": "float32",
               "transform": "torchio.RandomMotion" + (" + RandomGhosting" if ghosting else ""),
-              "values": "absolute value of TorchIO's real-valued result"}
+              "values": "absolute value of TorchIO's real-valued result", "grid": _grid_record(size, spacing)}
     records = []
     with _staging(out, overwrite) as tmp:
         for sid, files in subjects.items():
@@ -291,12 +302,17 @@ def prepare_motion(src_root: str | Path, out_root: str | Path, modality: str = "
             arr, drawn = apply_motion(v, s_seed, degrees, translation, num_transforms, ghosting,
                                       tuple(num_ghosts), tuple(ghost_intensity))
             d = tmp / sid
-            write_like(v, arr, d / f"{modality}_motion.nii.gz")
-            write_like(v, v.array, d / f"{modality}.nii.gz", dtype=_clean_dtype(v))
-            carried = _carry_labels(files[modality].parent, d)
+            rec: dict[str, Any] = {}
+            if size is None:
+                write_like(v, arr, d / f"{modality}_motion.nii.gz")
+                write_like(v, v.array, d / f"{modality}.nii.gz", dtype=_clean_dtype(v))
+                carried = _carry_labels(files[modality].parent, d)
+            else:
+                carried, rec = write_slice_grid(v, {f"{modality}_motion": arr, modality: v.array},
+                                                files[modality].parent, d, size, spacing)
             records.append({"id": sid, "seed": s_seed, "inputs": _source_record(files), "drawn": drawn,
                             "outputs": {"source": f"{modality}_motion.nii.gz", "target": f"{modality}.nii.gz"},
-                            "carried": carried})
+                            "carried": carried, **rec})
         _write_manifest(tmp, "motion", seed, params, src, ([f"{modality}_motion"], modality), records)
     return out
 
@@ -346,16 +362,20 @@ def add_noise(clean: np.ndarray, rng: np.random.Generator, noise: str = "rician"
 
 
 def prepare_denoise(src_root: str | Path, out_root: str | Path, modality: str = "t1n", seed: int = 0,
-                    noise: str = "rician", level: float | None = None, overwrite: bool = False) -> Path:
+                    noise: str = "rician", level: float | None = None, size: int | None = None,
+                    spacing: float | None = None, overwrite: bool = False) -> Path:
     """Denoising task (MedGAN Sec. 3.1 c): ``<modality>_noisy`` → ``<modality>``.
 
     ``noise="rician"`` (MR; ``level`` = σ / mean foreground intensity, default 0.05) or
     ``"poisson"`` (PET-like; ``level`` = mean counts per foreground voxel, default 20); see
     :func:`add_noise`. Writes the noisy float32 image and the clean one (original values) in the
-    subject's own geometry. Returns ``out_root``.
+    subject's own geometry, or — with ``size`` — both resliced to size×size axial slices at
+    ``spacing`` mm after the noise is drawn on the acquisition grid (:func:`write_slice_grid`).
+    Returns ``out_root``.
     """
     if noise not in NOISE_MODELS:
         raise ConfigError(f"noise: got {noise!r}, expected one of {', '.join(NOISE_MODELS)}")
+    _check_grid(size, spacing)
     if level is None:
         level = DEFAULT_RICIAN_LEVEL if noise == "rician" else DEFAULT_POISSON_COUNTS
     src, out = _resolve_root(src_root), Path(out_root).expanduser()
@@ -364,7 +384,7 @@ def prepare_denoise(src_root: str | Path, out_root: str | Path, modality: str = 
     params = {"modality": modality, "noise": noise, "level": float(level), "output_dtype": "float32",
               "level_meaning": ("sigma / mean foreground intensity" if noise == "rician"
                                 else "mean counts per foreground voxel"),
-              "foreground": "medsyn.data.masks.compute_mask of the clean image"}
+              "foreground": "medsyn.data.masks.compute_mask of the clean image", "grid": _grid_record(size, spacing)}
     records = []
     with _staging(out, overwrite) as tmp:
         for sid, files in subjects.items():
@@ -372,12 +392,17 @@ def prepare_denoise(src_root: str | Path, out_root: str | Path, modality: str = 
             v = read_image(files[modality])
             noisy, info = add_noise(v.array, np.random.default_rng(s_seed), noise, level)
             d = tmp / sid
-            write_like(v, noisy, d / f"{modality}_noisy.nii.gz")
-            write_like(v, v.array, d / f"{modality}.nii.gz", dtype=_clean_dtype(v))
-            carried = _carry_labels(files[modality].parent, d)
+            rec: dict[str, Any] = {}
+            if size is None:
+                write_like(v, noisy, d / f"{modality}_noisy.nii.gz")
+                write_like(v, v.array, d / f"{modality}.nii.gz", dtype=_clean_dtype(v))
+                carried = _carry_labels(files[modality].parent, d)
+            else:
+                carried, rec = write_slice_grid(v, {f"{modality}_noisy": noisy, modality: v.array},
+                                                files[modality].parent, d, size, spacing)
             records.append({"id": sid, "seed": s_seed, "inputs": _source_record(files), "drawn": info,
                             "outputs": {"source": f"{modality}_noisy.nii.gz", "target": f"{modality}.nii.gz"},
-                            "carried": carried})
+                            "carried": carried, **rec})
         _write_manifest(tmp, "denoise", seed, params, src, ([f"{modality}_noisy"], modality), records)
     return out
 
@@ -429,6 +454,61 @@ def _resample_slices(array: np.ndarray, t: np.ndarray, size: int, n: int, order:
                                     order=order, mode="constant", cval=cval, prefilter=False).astype(np.float32)
 
 
+def _check_grid(size: int | None, spacing: float | None) -> None:
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 8):
+        raise ConfigError(f"size: got {size!r}, expected an integer ≥ 8 (256 in MedGAN) or None for the native grid")
+    if spacing is not None and size is None:
+        raise ConfigError(f"spacing: {spacing} mm given without a size; pass size (e.g. 256) to reslice, "
+                          "or neither to keep each subject's own grid")
+    if spacing is not None and not spacing > 0:
+        raise ConfigError(f"spacing: got {spacing}, expected a positive number of mm or None (native)")
+
+
+def _grid_record(size: int | None, spacing: float | None) -> dict[str, Any] | str:
+    if size is None:
+        return "native: each subject's own grid, affine and axis order"
+    return {"size": size, "spacing_mm": spacing, "min_foreground": DEFAULT_MIN_FOREGROUND,
+            "orientation": "canonical RAS, axial = axis 2", "interpolation": "linear (labels nearest)",
+            "crop": "size×size centred on the clean image's foreground bounding box"}
+
+
+def _carry_labels_2d(folder: Path, ref: Volume, t: np.ndarray, size: int, n: int, affine: np.ndarray,
+                     dest: Path) -> list[str]:
+    """Label/mask files of ``folder`` on ``ref``'s grid, resampled (nearest) onto the slice grid."""
+    carried = []
+    for name in CARRIED_NAMES:
+        p = _nifti(folder, name)
+        if p is not None:
+            lab = read_image(p)
+            if not same_grid(lab, ref):
+                continue
+            arr = _resample_slices(lab.array, t, size, n, order=0)
+            dtype = lab.array.dtype if np.issubdtype(lab.array.dtype, np.integer) else np.dtype(np.int16)
+            write_nifti(np.rint(arr), affine, dest / f"{name}.nii.gz", dtype=dtype)
+            carried.append(f"{name}.nii.gz")
+    return carried
+
+
+def write_slice_grid(ref: Volume, arrays: dict[str, np.ndarray], label_folder: Path, dest: Path, size: int,
+                     spacing: float | None, min_foreground: float = DEFAULT_MIN_FOREGROUND) -> tuple[list[str], dict[str, Any]]:
+    """Write canonical ``arrays`` (name → (X, Y, Z) on ``ref``'s grid) as size×size axial slices.
+
+    The grid is :func:`slice_grid` of the clean image's foreground (the last array is the clean
+    target); every array is resampled linearly onto it (``<name>.nii.gz``, float32) and the label
+    files of ``label_folder`` with nearest neighbour. Returns (carried label files, the grid record
+    for ``prepare.json``).
+    """
+    clean = list(arrays.values())[-1]
+    mask = compute_mask(clean)
+    t, (k0, k1) = slice_grid(ref.shape, ref.spacing, mask, size, spacing, None, min_foreground)
+    affine = ref.affine @ t
+    for name, arr in arrays.items():
+        write_nifti(_resample_slices(arr, t, size, k1 - k0, order=1), affine, dest / f"{name}.nii.gz")
+    carried = _carry_labels_2d(label_folder, ref, t, size, k1 - k0, affine, dest)
+    return carried, {"slices": [k0, k1], "native_shape": list(ref.shape), "native_spacing": list(ref.spacing),
+                     "grid_to_native_voxel": t.tolist(), "affine": affine.tolist()}
+
+
 def prepare_translation_2d(src_root: str | Path, out_root: str | Path, source: str = "t1n", target: str = "t2w",
                            size: int = 256, slices: tuple[int, int] | None = None, spacing: float | None = 1.0,
                            min_foreground: float = 0.1, overwrite: bool = False) -> Path:
@@ -475,17 +555,7 @@ def prepare_translation_2d(src_root: str | Path, out_root: str | Path, source: s
             d = tmp / sid
             for m, v in ((source, vs), (target, vt)):
                 write_nifti(_resample_slices(v.array, t, size, k1 - k0, order=1), affine, d / f"{m}.nii.gz")
-            carried = []
-            for name in CARRIED_NAMES:
-                p = _nifti(files[source].parent, name)
-                if p is not None:
-                    lab = read_image(p)
-                    if not same_grid(lab, vs):
-                        continue
-                    arr = _resample_slices(lab.array, t, size, k1 - k0, order=0)
-                    dtype = lab.array.dtype if np.issubdtype(lab.array.dtype, np.integer) else np.dtype(np.int16)
-                    write_nifti(np.rint(arr), affine, d / f"{name}.nii.gz", dtype=dtype)
-                    carried.append(f"{name}.nii.gz")
+            carried = _carry_labels_2d(files[source].parent, vs, t, size, k1 - k0, affine, d)
             records.append({"id": sid, "inputs": _source_record(files), "slices": [k0, k1],
                             "native_shape": list(vs.shape), "native_spacing": list(vs.spacing),
                             "grid_to_native_voxel": t.tolist(), "affine": affine.tolist(),

@@ -1,8 +1,17 @@
 """Training samples: 2.5D stacks (k adjacent source slices → the target's centre slice), 2D
 slices (k = 1) and 3D patches, centred preferentially in the foreground or the lesion.
 
-All randomness comes from one ``numpy.random.Generator`` whose state is part of a checkpoint,
-so a resumed run draws exactly the samples an uninterrupted one would.
+Randomness is counter-based: sample number ``i`` of the run is drawn with its own
+``numpy.random.Generator`` seeded from ``(seed, i)``. The sampler's state is just ``(seed,
+position)``, part of every checkpoint, so a resumed run draws exactly the samples an
+uninterrupted one would — and the same holds whichever process or data-loader worker draws
+sample ``i``:
+
+* distributed training (``rank``/``world_size``): every step consumes one *global* batch of
+  ``n × world_size`` samples; rank ``r`` draws samples ``position + r·n … position + (r+1)·n − 1``.
+  The ranks' batches together are the batch a single process with ``n × world_size`` would draw.
+* loader workers call :meth:`PatchSampler25D.batch_at` for a given position; the result does not
+  depend on which worker computes it, or on how many there are.
 """
 
 from __future__ import annotations
@@ -42,6 +51,10 @@ class PatchSampler25D:
 
     Patch centres: with probability ``label_fraction`` a random lesion voxel (label > 0, when
     the case has one), else with ``foreground_fraction`` a random foreground voxel, else any voxel.
+
+    ``rank``/``world_size`` shard each global batch between distributed processes (see the
+    module docstring); :meth:`shard` changes them later. Subclasses that override ``_centre`` or
+    ``_augment`` draw from ``self.rng``, which holds the current sample's generator.
     """
 
     def __init__(
@@ -55,6 +68,8 @@ class PatchSampler25D:
         label_fraction: float = 0.0,
         augment: bool = False,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if not cases:
             raise ValueError("PatchSampler25D needs at least one case")
@@ -63,8 +78,21 @@ class PatchSampler25D:
         self.ph, self.pw = patch_size
         self.fg_frac, self.lab_frac = foreground_fraction, label_fraction
         self.augment = augment
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(seed)
+        self.position = 0  # index of the next sample of the run (global, over all ranks)
+        self.rng = self._generator(0)
+        self.shard(rank, world_size)
         self._cases = [self._prepare(c) for c in cases]
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Draw rank ``rank``'s share of every global batch of ``world_size`` processes."""
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of {world_size} processes")
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    def _generator(self, index: int) -> np.random.Generator:
+        """The generator of sample ``index``: a function of (seed, index) only."""
+        return np.random.default_rng(np.random.SeedSequence([self.seed & 0xFFFF_FFFF_FFFF_FFFF, int(index)]))
 
     def _prepare(self, c: NormalizedCase) -> dict[str, Any]:
         ax = self.axis
@@ -97,6 +125,14 @@ class PatchSampler25D:
         return tuple(int(self.rng.integers(s)) for s in c["shape"])
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This rank's next sample ``(x, y, m)`` (a global batch of one sample per rank)."""
+        index = self.position + self.rank
+        self.position += self.world_size
+        return self.sample_at(index)
+
+    def sample_at(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sample number ``index`` of the run; a pure function of (seed, index)."""
+        self.rng = self._generator(index)
         c = self._cases[int(self.rng.integers(len(self._cases)))]
         a, b, s = self._centre(c)
         pa, pb, r = c["pad"]
@@ -121,16 +157,28 @@ class PatchSampler25D:
         return np.ascontiguousarray(x), np.ascontiguousarray(y), np.ascontiguousarray(m)
 
     def batch(self, n: int) -> dict[str, torch.Tensor]:
-        """n samples stacked: {"source": (n, M·k, ph, pw), "target": (n, 1, ph, pw), "mask": (n, 1, ph, pw)}."""
-        xs, ys, ms = zip(*(self.sample() for _ in range(n)))
+        """This rank's n samples of the next global batch of ``n × world_size``, stacked:
+        {"source": (n, M·k, ph, pw), "target": (n, 1, ph, pw), "mask": (n, 1, ph, pw)}."""
+        out = self.batch_at(self.position, n)
+        self.position += n * self.world_size
+        return out
+
+    def batch_at(self, position: int, n: int) -> dict[str, torch.Tensor]:
+        """This rank's share of the global batch that starts at sample ``position``; no state change
+        (what a data-loader worker computes ahead of time)."""
+        first = position + self.rank * n
+        xs, ys, ms = zip(*(self.sample_at(first + j) for j in range(n)))
         return {"source": torch.from_numpy(np.stack(xs)), "target": torch.from_numpy(np.stack(ys)),
                 "mask": torch.from_numpy(np.stack(ms))}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state}
+        return {"seed": self.seed, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["rng"]
+        if "position" not in state:
+            raise ValueError("sampler state from an older medsyn (a single random stream); "
+                             "it cannot be continued exactly")
+        self.seed, self.position = int(state["seed"]), int(state["position"])
 
 
 def _small_affine(rng: np.random.Generator, arrays: list[np.ndarray]) -> list[np.ndarray]:

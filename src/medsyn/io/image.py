@@ -168,7 +168,8 @@ def read_image(path: str | Path) -> Volume:
             return _from_original(arr, np.eye(4), str(p), arr.dtype)
     except DatasetError:
         raise
-    except (OSError, EOFError, ValueError, zlib.error, RuntimeError, nib.filebasedimages.ImageFileError) as e:
+    except (OSError, EOFError, ValueError, zlib.error, RuntimeError, nib.filebasedimages.ImageFileError,
+            nib.spatialimages.HeaderDataError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DatasetError(f"{p}: cannot read image ({msg}); the file may be truncated or not an image") from None
     raise DatasetError(f"{p}: unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder")
@@ -251,10 +252,9 @@ def read_header_geometry(path: str | Path) -> tuple[tuple[int, ...], np.ndarray]
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync, then rename over it."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    tmp = _temp_beside(p, ".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -301,11 +301,19 @@ def write_like(reference: Volume, array: np.ndarray, path: str | Path, dtype: np
     return _atomic_nifti(img, p)
 
 
-def _atomic_nifti(img: nib.Nifti1Image, p: Path) -> Path:
-    p.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if p.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=suffix)
+def _temp_beside(p: Path, suffix: str) -> str:
+    """Create the parent folder and a temp file beside ``p``; OutputError when that fails."""
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=suffix)
+    except OSError as e:
+        raise OutputError(f"{p}: cannot write ({e.strerror or e}); check free space and permissions") from None
     os.close(fd)
+    return tmp
+
+
+def _atomic_nifti(img: nib.Nifti1Image, p: Path) -> Path:
+    tmp = _temp_beside(p, ".nii.gz" if p.name.endswith(".nii.gz") else ".nii")
     try:
         nib.save(img, tmp)
         os.replace(tmp, p)

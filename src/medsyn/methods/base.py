@@ -99,6 +99,9 @@ class MethodSpec:
     make_sampler: Callable[..., Any] | None = None
     #: False for methods that are not source → target translators (no full-volume validation)
     predicts_volumes: bool = True
+    #: optional ``fn(cfg, out, *, resume, allow_config_change, console, ...) -> TrainResult`` for methods that
+    #: train several stages into one run folder (Qu et al.); ``launch_train`` calls it instead of one Trainer
+    pipeline: Callable[..., Any] | None = None
 
     def make_params(self, params: dict[str, Any] | None = None) -> Any:
         """Typed params: the spec's defaults overridden by the user's ``params``."""

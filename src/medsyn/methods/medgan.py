@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import _SpectralNorm  # to hold D's normalised weights fixed
 
+from medsyn.data.sampling import PatchSampler25D
 from medsyn.errors import ConfigError
 from medsyn.losses.adversarial import gan_bce
 from medsyn.losses.perceptual import (
@@ -64,7 +65,7 @@ PAPER = "Armanious et al., MedGAN, 2018 (papers/004_1472ab56d58c8796.txt)"
 
 #: PAN's discriminator margin m (Wang et al. 2018); see docs/medgan.md for how it was chosen.
 PAN_MARGIN = 1.0
-#: ID-CGAN's loss weights (Zhang, Sindagi & Patel 2017, Sec. 3.3: λ_a = 6.6e-3, λ_p = 1, λ_e = 1).
+#: ID-CGAN's loss weights (Zhang, Sindagi & Patel 2017, arXiv 1701.05957: λ_a = 6.6e-3, λ_p = 1, λ_e = 1).
 IDCGAN_LAMBDA_ADV = 6.6e-3
 IDCGAN_VGG_LAYER = "relu2_2"  # ID-CGAN's perceptual layer (of VGG-16 there; VGG-19 here, MedGAN Sec. 3.2.2)
 #: pix2pix's L1 weight λ (Isola et al. 2017, Eq. 4; MedGAN Eq. 5).
@@ -93,9 +94,10 @@ class MedGANConfig:
     lambda_content: float = LAMBDA_CONTENT  # λ3 = 1e-4
     perceptual_layers: Literal["input+hidden", "hidden"] = "input+hidden"  # MedGAN keeps i = 0 (Sec. 2.2); PAN: hidden
     perceptual_weights: list[float] | None = None  # λ_pi; None → equal (Sec. 2.5: "equal influence")
-    vgg_layers: list[str] = field(default_factory=lambda: list(MEDGAN_VGG_LAYERS))  # V_j: relu1_1 … relu5_1 (Sec. 2.3)
-    style_weights: list[float] = field(default_factory=lambda: list(MEDGAN_STYLE_WEIGHTS))  # λ_sj: first + last block
-    content_weights: list[float] = field(default_factory=lambda: list(MEDGAN_CONTENT_WEIGHTS))  # λ_cj: all but the deepest
+    # V_j: relu1_1 … relu5_1 (Sec. 2.3); λ_sj: first + last block; λ_cj: all but the deepest (Sec. 2.5)
+    vgg_layers: list[str] = field(default_factory=lambda: list(MEDGAN_VGG_LAYERS))
+    style_weights: list[float] = field(default_factory=lambda: list(MEDGAN_STYLE_WEIGHTS))
+    content_weights: list[float] = field(default_factory=lambda: list(MEDGAN_CONTENT_WEIGHTS))
     style_reference: Literal["target", "source"] = "target"  # Gram target: x (MedGAN); y for Fila-sGAN (Sec. 3.2.2)
     vgg19_weights: str | None = None  # torchvision-layout VGG-19 file (.pth / .safetensors); never downloaded
     lambda_l1: float = 0.0  # pixel L1 (pix2pix λ = 100, Eq. 5; Fila-sGAN)
@@ -151,6 +153,12 @@ class MedGANConfig:
             w = getattr(self, key)
             if len(w) != len(self.vgg_layers) or any(v < 0 for v in w):
                 raise bad(key, w, f"{len(self.vgg_layers)} weights ≥ 0, one per entry of {prefix}.vgg_layers")
+
+    def check_vgg_weights(self) -> None:
+        """ConfigError (how to supply the file) when the style/content losses are on and no VGG-19
+        weights file is named. Called when the method is built — before training, before any run
+        folder is written; not by ``validate``, so configs resolve (and ``medsyn predict`` works)
+        without the file. The file itself is read on the first training step."""
         if self.needs_vgg and (self.vgg19_weights is None or str(self.vgg19_weights).strip() == ""):
             try:
                 require_vgg_weights(None, needed_by="style/content losses")
@@ -199,6 +207,7 @@ class MedGAN(Method):
                  patch_size: tuple[int, int] = (256, 256)):
         super().__init__()
         self.cfg = cfg
+        cfg.check_vgg_weights()
         side = 2**cfg.depth
         if any(int(s) % side for s in patch_size):
             raise ConfigError(
@@ -308,7 +317,8 @@ class MedGAN(Method):
             fake = G(y).float()
         with rt.autocast():
             (l_real, f_real), (l_fake, f_fake) = self._d_loss_inputs(D, x, fake, y)
-        loss_d = gan_bce(l_real.float(), True) + gan_bce(l_fake.float(), False)  # −[log D(x,y) + log(1 − D(G(y),y))]
+        # −[log D(x, y) + log(1 − D(G(y), y))], Alg. 1 line 10
+        loss_d = gan_bce(l_real.float(), True) + gan_bce(l_fake.float(), False)
         out["d/bce"] = loss_d.detach()
         if cfg.pan_margin > 0:  # PAN: D keeps the hidden-layer perceptual distance above m
             margin = pan_discriminator_loss([f.float() for f in f_fake], [f.float() for f in f_real],
@@ -324,13 +334,39 @@ class MedGAN(Method):
         return out
 
 
+class WholeSliceSampler(PatchSampler25D):
+    """2D samples as Alg. 1 uses them: whole axial slices (k = 1).
+
+    The slice is drawn as the engine's default sampler draws it (through a random foreground voxel,
+    so slices holding more foreground come up more often); along every in-plane axis that the
+    patch covers entirely, the patch is then centred on the slice instead of on that voxel, so
+    each sample is the whole slice (padded with the background value up to ``data.patch_size``),
+    exactly as sliding-window inference presents it. Axes longer than the patch (tiles of larger
+    slices) keep the random position.
+    """
+
+    def _centre(self, c):
+        a, b, s = super()._centre(c)
+        size_a, size_b, _ = c["shape"]
+        return (size_a // 2 if self.ph >= size_a else a, size_b // 2 if self.pw >= size_b else b, s)
+
+
+def make_whole_slice_sampler(cfg, data, seed: int) -> WholeSliceSampler:
+    """``MethodSpec.make_sampler``: the engine's patch sampler with k = 1 and whole-slice centring."""
+    d = cfg.data
+    return WholeSliceSampler(data.train, slice_axis=d.slice_axis, context=1, patch_size=tuple(d.patch_size),
+                             foreground_fraction=d.foreground_fraction, label_fraction=d.label_fraction,
+                             augment=d.augment, seed=seed)
+
+
 # ------------------------------------------------------------------------------------------------
 # Variants: MedGAN, its ablations (Table I), baselines (Table II), CasNet depth study (Fig. 6)
 # ------------------------------------------------------------------------------------------------
 
 
 def _spec(name: str, summary: str, **defaults) -> MethodSpec:
-    return register(MethodSpec(name, summary, PAPER, MedGANConfig, MedGAN, defaults, sample_kind="2d"))
+    return register(MethodSpec(name, summary, PAPER, MedGANConfig, MedGAN, defaults, sample_kind="2d",
+                               make_sampler=make_whole_slice_sampler))
 
 
 _NO_VGG = dict(lambda_style=0.0, lambda_content=0.0)

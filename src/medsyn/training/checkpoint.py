@@ -5,11 +5,15 @@ Layout of ``RUN_DIR/checkpoints/step_00001234/``::
     weights.safetensors   every network's state dict, keys prefixed "<network>."
     state.pt              optimisers, schedulers, step/epoch, sampler and RNG state —
                           plain tensors/containers, loaded with torch.load(weights_only=True)
-    manifest.json         sha256 and size of both files, medsyn version, step
+    manifest.json         sha256 and size of both files, medsyn version, step, config hash,
+                          number of processes and each rank's parameter fingerprint
 
-A checkpoint folder is written under a temporary name and renamed when complete, so a crash
-never leaves a half-written checkpoint; the last ``keep`` are kept. Loading verifies the
-checksums and refuses anything that would need unrestricted unpickling.
+A checkpoint folder is written under a temporary name (``.tmp-step_…``), fsynced and renamed
+when complete, so a crash (even SIGKILL) never leaves a half-written checkpoint; the last
+``keep`` are kept. Loading verifies the checksums and sizes (a truncated or corrupt file is
+named) and refuses anything that would need unrestricted unpickling: weights are safetensors
+(no code), the rest is read with ``torch.load(weights_only=True)`` — a checkpoint from
+elsewhere cannot execute code.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +32,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from medsyn.errors import CheckpointError
+from medsyn.errors import CheckpointError, OutputError
 
 PREFIX = "step_"
+FILES = ("weights.safetensors", "state.pt")
+#: name given to a checkpoint found corrupt on resume (no longer listed, kept for inspection)
+CORRUPT_PREFIX = "corrupt-"
 
 
 def _sha256(path: Path) -> str:
@@ -56,30 +64,69 @@ def split_weights(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Te
     return out
 
 
-def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any],
-                    keep: int = 3, protect: set[str] | None = None, version: str = "") -> Path:
-    """Write ``step_<step>/`` atomically; prune to the newest ``keep`` (never the ``protect`` names)."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"{PREFIX}{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".tmp-{PREFIX}{step:08d}-"))
+def _fsync_dir(path: Path) -> None:
     try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor], state: dict[str, Any],
+                    keep: int = 3, protect: set[str] | None = None, version: str = "",
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write ``step_<step>/`` atomically; prune to the newest ``keep`` (never the ``protect`` names).
+
+    ``extra`` adds informative keys to manifest.json. A failed write (disk full, permissions)
+    raises :class:`OutputError` and leaves the existing checkpoints as they were.
+    """
+    final = ckpt_root / f"{PREFIX}{step:08d}"
+    tmp: Path | None = None
+    try:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".tmp-{PREFIX}{step:08d}-"))
         save_file(weights, str(tmp / "weights.safetensors"))
         torch.save(state, tmp / "state.pt")
-        manifest = {"step": step, "medsyn_version": version, "files": {
-            n: {"sha256": _sha256(tmp / n), "bytes": (tmp / n).stat().st_size}
-            for n in ("weights.safetensors", "state.pt")}}
+        manifest = {"step": step, "medsyn_version": version, **(extra or {}), "files": {
+            n: {"sha256": _sha256(tmp / n), "bytes": (tmp / n).stat().st_size} for n in FILES}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        for n in ("weights.safetensors", "state.pt", "manifest.json"):
+        for n in (*FILES, "manifest.json"):
             with open(tmp / n, "rb") as f:
                 os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved again (validation, then the end of the run)
+            aside = ckpt_root / f".old-{final.name}-{time.monotonic_ns()}"
+            os.replace(final, aside)
+            os.replace(tmp, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(ckpt_root)
+    except (OSError, SafetensorError, RuntimeError) as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, RuntimeError) and not _is_io_error(e):
+            raise
+        msg = getattr(e, "strerror", None) or str(e).splitlines()[0][:160]
+        raise OutputError(f"{final}: cannot write the checkpoint ({msg}); earlier checkpoints are unchanged — "
+                          "free disk space or fix permissions, then continue with --resume") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     prune(ckpt_root, keep, protect or set())
     return final
+
+
+def _is_io_error(e: BaseException) -> bool:
+    """torch.save reports a failed write as RuntimeError ("... file write failed")."""
+    text = str(e).lower()
+    return any(w in text for w in ("write", "space", "disk", "permission", "i/o", "errno"))
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
@@ -91,40 +138,81 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
 
 def prune(ckpt_root: Path, keep: int, protect: set[str]) -> None:
     for p in ckpt_root.iterdir():  # leftovers of a crash during a save
-        if p.name.startswith(".tmp-"):
+        if p.name.startswith((".tmp-", ".old-")):
             shutil.rmtree(p, ignore_errors=True)
     ckpts = [p for p in list_checkpoints(ckpt_root) if p.name not in protect]
     for p in ckpts[:-keep] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def verify_checkpoint(path: Path) -> None:
-    """Raise CheckpointError when files are missing or their checksums do not match."""
+def recover(ckpt_root: Path) -> None:
+    """Undo a save interrupted between its two renames (``.old-step_X`` without ``step_X``)."""
+    if not ckpt_root.is_dir():
+        return
+    for p in sorted(ckpt_root.iterdir()):
+        if p.name.startswith(f".old-{PREFIX}"):
+            final = ckpt_root / p.name[len(".old-"):].rsplit("-", 1)[0]
+            if not final.exists():
+                os.replace(p, final)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
     mf = path / "manifest.json"
     try:
         manifest = json.loads(mf.read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: manifest.json missing or unreadable ({type(e).__name__})") from None
-    for name, info in files.items():
-        f = path / name
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{mf}: missing or unreadable ({type(e).__name__})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"{mf}: not a medsyn checkpoint manifest (no 'files' table)")
+    return manifest
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise CheckpointError naming the file when one is missing, truncated or corrupt."""
+    files = read_manifest(path)["files"]
+    if set(files) != set(FILES):
+        raise CheckpointError(f"{path / 'manifest.json'}: lists {sorted(files)}, expected {list(FILES)}")
+    for name in FILES:
+        info, f = files[name], path / name
         if not f.is_file():
             raise CheckpointError(f"{f}: missing")
-        if f.stat().st_size != info["bytes"] or _sha256(f) != info["sha256"]:
-            raise CheckpointError(f"{f}: checksum mismatch (truncated or corrupt)")
+        try:
+            size, digest = int(info["bytes"]), str(info["sha256"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path / 'manifest.json'}: entry for {name} has no size/sha256") from None
+        actual = f.stat().st_size
+        if actual != size:
+            raise CheckpointError(f"{f}: {actual} bytes, the manifest says {size} (truncated or corrupt)")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"{f}: checksum mismatch (corrupt)")
+
+
+def quarantine(path: Path) -> Path:
+    """Rename a corrupt checkpoint out of the list (kept for inspection); returns the new path."""
+    dest = path.with_name(f"{CORRUPT_PREFIX}{path.name}")
+    n = 1
+    while dest.exists():
+        dest = path.with_name(f"{CORRUPT_PREFIX}{path.name}.{n}")
+        n += 1
+    os.replace(path, dest)
+    return dest
 
 
 def load_state(path: Path) -> dict[str, Any]:
     """state.pt with ``weights_only=True``: a pickle that would run code is refused."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused to load — it contains objects that need unrestricted unpickling "
             f"(possible code execution); medsyn checkpoints hold only tensors and plain data ({str(e).splitlines()[0][:120]})"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: cannot read ({str(e).splitlines()[0][:160]})") from None
+    except Exception as e:  # noqa: BLE001 - any other failure of a damaged file is the user's to fix
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read ({first})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a mapping of training state, found {type(state).__name__}")
+    return state
 
 
 def load_weights(path: Path) -> dict[str, dict[str, torch.Tensor]]:

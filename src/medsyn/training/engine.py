@@ -1,19 +1,38 @@
 """The training loop shared by every method.
 
 One loop for any method: the method owns its networks, optimisers and step; the engine owns the
-data sampler, device and precision, the epoch/learning-rate schedule calls, validation,
+data feed, device, precision and processes, the epoch/learning-rate schedule calls, validation,
 logging (metrics.jsonl, TensorBoard, PNG sample grids), checkpoints, resume, time budgets,
-NaN detection and clean stops on Ctrl-C / SIGTERM.
+NaN detection and clean stops on Ctrl-C / SIGTERM (pre-emption: a checkpoint is saved first).
 
-An *epoch* is ``data.patches_per_subject × n_train_subjects / train.batch_size`` generator
-updates (Nie et al. define epochs by sampled patches; every method here follows that).
+An *epoch* is ``data.patches_per_subject × n_train_subjects / (train.batch_size × world_size)``
+generator updates (Nie et al. define epochs by sampled patches; every method here follows that).
+
+Processes (see training/distributed.py): under ``torchrun`` every rank runs this loop on its
+share of each global batch with DDP-wrapped networks; only rank 0 writes. Per step the ranks
+agree (one small all-reduce) on the mean losses — what is logged and checked for NaN — and on
+whether a stop signal or the time budget was hit, so they always stop at the same step.
+
+Data: the training volumes are read, checked and normalised once per process at setup
+(:class:`~medsyn.data.pipeline.PreparedData`, padded once by the sampler) and sampled from
+memory; nothing re-reads NIfTI during training. With ``train.num_workers > 0`` patches are cut
+in forked loader workers that share those arrays; sample ``i`` of the run is a function of
+(seed, i) only, so batches — and resumed runs — are identical for any number of workers.
+
+Precision: ``train.amp`` runs the methods' forward passes under bf16 autocast on CUDA (ignored
+on CPU); bf16 has float32's range, so no loss scaling is needed, and methods compute gradient
+penalties in float32 outside autocast (``Runtime.autocast(enabled=False)``). ``train.compile``
+compiles the generator with ``torch.compile``; critics stay eager because a gradient penalty's
+double backward is not supported through compiled graphs.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,29 +42,23 @@ import numpy as np
 import torch
 
 from medsyn import __version__
-from medsyn.config import RunConfig, diff_configs, method_params, to_dict
+from medsyn.config import RunConfig, config_hash, diff_configs, method_params, to_dict
 from medsyn.data.normalization import NormalizationState
 from medsyn.data.pipeline import PreparedData, prepare_training_data
 from medsyn.data.sampling import PatchSampler25D
-from medsyn.errors import CheckpointError, ConfigError, MedsynError
+from medsyn.errors import CheckpointError, ConfigError, DatasetError, MedsynError, OutputError
 from medsyn.methods import METHODS, Method, Runtime
 from medsyn.training import checkpoint as ckpt
+from medsyn.training.distributed import SINGLE, DistContext, params_fingerprint, resolve_device  # noqa: F401
 from medsyn.training.run_dir import RunDir, provenance
+
+#: config keys that may change on resume without --allow-config-change (budgets; loader workers,
+#: which do not change a single sample)
+RESUME_FREE_KEYS = {"max_steps", "minutes", "epochs", "num_workers"}
 
 
 class TrainingDiverged(MedsynError):
     """A loss became NaN or infinite."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'train.device': {name!r} requested but no CUDA device is available; use cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"config key 'train.device': {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -79,16 +92,114 @@ class TrainResult:
     best: dict[str, Any] | None
 
 
+# ----------------------------------------------------------------------------------------------
+# Data feed: batches for the method's step, in this process or in loader workers
+# ----------------------------------------------------------------------------------------------
+
+
+def _seed_worker(seed: int, rank: int, worker_id: int) -> None:
+    """Loader worker start: per-worker seeds for any library randomness (the sampler itself is
+    counter-seeded), and SIGTERM/SIGINT ignored — a launcher or a terminal signals the whole
+    process group; the training process stops the workers itself after saving its checkpoint."""
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
+    s = np.random.SeedSequence([seed & 0xFFFF_FFFF_FFFF_FFFF, rank, worker_id]).generate_state(2)
+    random.seed(int(s[0]))
+    np.random.seed(int(s[1]))
+    torch.manual_seed(int(s[0]))
+
+
+class _BatchStream(torch.utils.data.IterableDataset):
+    """Worker w of W computes the global batches w, w + W, ... from ``start``: the DataLoader
+    hands them back in order, tagged with their position."""
+
+    def __init__(self, sampler: Any, batch_size: int, start: int):
+        self.sampler, self.n, self.start = sampler, batch_size, start
+        self.stride = batch_size * getattr(sampler, "world_size", 1)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        k, every = (info.id, info.num_workers) if info is not None else (0, 1)
+        while True:
+            pos = self.start + k * self.stride
+            yield pos, self.sampler.batch_at(pos, self.n)
+            k += every
+
+
+class BatchFeed:
+    """``feed()`` → the next batch on the training device (what ``Method.train_step`` calls).
+
+    With ``num_workers`` > 0 and a sampler that can draw a batch at a given position
+    (``batch_at``, ``position``), batches are prepared ahead in loader workers; the sampler's
+    position (saved in checkpoints) counts the batches *consumed*, so prefetching never skips
+    or repeats a sample across a resume.
+    """
+
+    def __init__(self, sampler: Any, batch_size: int, device: torch.device, *, num_workers: int = 0,
+                 seed: int = 0, rank: int = 0):
+        self.sampler, self.n, self.device = sampler, batch_size, device
+        self.num_workers, self.seed, self.rank = num_workers, seed, rank
+        self.parallel = num_workers > 0 and hasattr(sampler, "batch_at") and hasattr(sampler, "position")
+        self._loader = None
+        self._it = None
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        if not self.parallel:
+            b = self.sampler.batch(self.n)
+        else:
+            if self._it is None:
+                self._start()
+            pos, b = next(self._it)
+            if pos != self.sampler.position:  # a bug, not a user error
+                raise RuntimeError(f"loader produced the batch at {pos}, expected {self.sampler.position}")
+            self.sampler.position = pos + self.n * getattr(self.sampler, "world_size", 1)
+        return {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
+
+    def _start(self) -> None:
+        import multiprocessing
+
+        stream = _BatchStream(self.sampler, self.n, self.sampler.position)
+        # fork where it exists (Linux): workers share the in-memory volumes copy-on-write and are
+        # children of this process (they exit with it, even after SIGKILL) — also when the default
+        # start method was changed (e.g. a process started by a forkserver)
+        context = "fork" if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods() else None
+        self._loader = torch.utils.data.DataLoader(
+            stream, batch_size=None, num_workers=self.num_workers, prefetch_factor=2, multiprocessing_context=context,
+            worker_init_fn=functools.partial(_seed_worker, self.seed, self.rank),
+            # its own generator: the loader's base seed must not be drawn from the global torch RNG,
+            # whose stream the method's step uses (e.g. WGAN-GP interpolation) and checkpoints restore
+            generator=torch.Generator().manual_seed(self.seed), pin_memory=self.device.type == "cuda")
+        self._it = iter(self._loader)
+
+    def close(self) -> None:
+        """Stop the workers (a later call starts new ones at the sampler's position)."""
+        it, self._it, self._loader = self._it, None, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+
+
+# ----------------------------------------------------------------------------------------------
+
+
 class Trainer:
-    """Builds data, method and run folder from a resolved :class:`RunConfig`, then trains."""
+    """Builds data, method and run folder from a resolved :class:`RunConfig`, then trains.
+
+    ``dist`` is this process's :class:`~medsyn.training.distributed.DistContext` (a single
+    process by default); ``launch_train`` passes the one made from torchrun's environment.
+    """
 
     def __init__(self, cfg: RunConfig, out: str | Path, *, resume: bool = False, allow_config_change: bool = False,
-                 console: Any = None, progress: bool = True):
+                 console: Any = None, progress: bool = True, dist: DistContext | None = None):
         self.cfg, self.run = cfg, RunDir(out)
         self.resume, self.allow_config_change = resume, allow_config_change
-        self.console, self.show_progress = console, progress
+        self.dist = dist or SINGLE
+        self.console = console if self.dist.is_main else None
+        self.show_progress = progress
         self.spec = METHODS.get(cfg.method, key="method")
         self._stop_signal: str | None = None
+        self._config_changes: list[str] = []
+        self.feed: BatchFeed | None = None
+        self._writer = None
 
     # ------------------------------------------------------------------------------------------
     def _log(self, msg: str) -> None:
@@ -102,9 +213,7 @@ class Trainer:
                 raise CheckpointError(f"{self.run.path}: nothing to resume (no config.yaml); start a run with --out")
             old = to_dict(self.run.read_config())
             new = to_dict(self.cfg)
-            # budget keys may change on resume (train longer, more minutes)
-            budget = {"max_steps", "minutes", "epochs"}
-            diffs = [d for d in diff_configs(old, new) if d.split(":")[0].split(".")[-1] not in budget]
+            diffs = [d for d in diff_configs(old, new) if d.split(":")[0].split(".")[-1] not in RESUME_FREE_KEYS]
             if diffs and not self.allow_config_change:
                 raise ConfigError(
                     f"{self.run.config_path}: the config differs from the run's ({'; '.join(diffs[:8])}); "
@@ -112,102 +221,287 @@ class Trainer:
                 )
             if diffs:
                 self._log("[yellow]resuming with a changed config:[/] " + "; ".join(diffs))
+            self._config_changes = diffs
             return None
-        if self.run.path.exists() and any(self.run.path.iterdir()):
+        if self.run.path.exists() and (not self.run.path.is_dir() or any(self.run.path.iterdir())):
             raise ConfigError(
                 f"{self.run.path}: folder exists and is not empty; choose a new --out, or resume it with --resume {self.run.path}"
             )
         return None
 
     def setup(self) -> None:
-        cfg = self.cfg
-        self._check_run_folder()
-        self.device = resolve_device(cfg.train.device)
+        cfg, dist = self.cfg, self.dist
+        dist.agree(self._check_run_folder)
+        self.device = dist.device if dist.device is not None else resolve_device(cfg.train.device)
         seed_everything(cfg.train.seed)
         norm = None
         if self.resume:
-            norm = NormalizationState.from_dict(self.run.read_json("normalization.json"))
-        self.data: PreparedData = prepare_training_data(cfg.data, norm)
+            norm = dist.agree(lambda: NormalizationState.from_dict(self.run.read_json("normalization.json")))
+        self.data: PreparedData = dist.agree(lambda: self._prepare_data(norm))
         d = cfg.data
         n_src = len(d.source)
         k = d.context_slices if self.spec.sample_kind == "2.5d" else 1
         self.context = k
-        if self.spec.make_sampler is not None:
-            self.sampler = self.spec.make_sampler(cfg, self.data, cfg.train.seed)
-            preview_sampler = self.spec.make_sampler(cfg, self.data, cfg.train.seed + 1)
-        else:
-            self.sampler = PatchSampler25D(self.data.train, slice_axis=d.slice_axis, context=k,
-                                           patch_size=tuple(d.patch_size), foreground_fraction=d.foreground_fraction,
-                                           label_fraction=d.label_fraction, augment=d.augment, seed=cfg.train.seed)
-            preview_sampler = PatchSampler25D(self.data.val or self.data.train, slice_axis=d.slice_axis, context=k,
-                                              patch_size=tuple(d.patch_size), foreground_fraction=1.0,
-                                              label_fraction=0.5, augment=False, seed=cfg.train.seed + 1)
-        self.preview = preview_sampler.batch(min(4, cfg.train.batch_size))
+        self.sampler = dist.agree(self._make_sampler)
+        self.preview = self._preview_batch() if dist.is_main else None
         params = method_params(cfg)
         self.method: Method = self.spec.build(params, in_channels=n_src * k, out_channels=1,
                                               patch_size=tuple(d.patch_size))
         self.method.to(self.device)
         amp = cfg.train.amp and self.device.type == "cuda"
+        if cfg.train.amp and not amp:
+            self._log("train.amp: bf16 autocast is for CUDA; training in float32 on the CPU")
         self.method.runtime = Runtime(self.device, torch.bfloat16 if amp else None)
         n_train = len(self.data.splits["train"])
-        self.steps_per_epoch = max(1, math.ceil(d.patches_per_subject * n_train / cfg.train.batch_size))
+        self.global_batch = cfg.train.batch_size * dist.world_size
+        self.steps_per_epoch = max(1, math.ceil(d.patches_per_subject * n_train / self.global_batch))
         self.total_steps = cfg.train.max_steps if cfg.train.max_steps is not None else cfg.train.epochs * self.steps_per_epoch
         self.step, self.epoch, self.best = 0, 0, None
+        restored = False
         if self.resume:
-            self._restore()
+            dist.agree(self._set_aside_corrupt_checkpoints)
+            restored = dist.agree(self._restore)
         else:
-            self.run.path.mkdir(parents=True, exist_ok=True)
-            self.run.write_config(cfg)
-            self.run.write_json("normalization.json", self.data.norm.to_dict())
-            self.run.write_json("splits.json", self.data.splits)
-            files = [p for s in self.data.dataset.subjects.values() for p in s.files.values()]
-            self.run.write_json("provenance.json", provenance(cfg, files))
-        self._writer = None
+            dist.agree(self._init_run_folder)
+        if dist.enabled and not restored:
+            seed_everything(cfg.train.seed + dist.rank)  # per-rank streams (GP interpolation, dropout)
+        self.feed = BatchFeed(self.sampler, cfg.train.batch_size, self.device, num_workers=cfg.train.num_workers,
+                              seed=cfg.train.seed, rank=dist.rank)
+        if cfg.train.num_workers > 0 and not self.feed.parallel:
+            self._log(f"train.num_workers: {type(self.sampler).__name__} draws batches in order; loading in this process")
 
-    def _restore(self) -> None:
-        path, bad = ckpt.latest_good(self.run.checkpoints)
-        for p, why in bad:
-            self._log(f"[yellow]skipping corrupt checkpoint[/] {p.name}: {why}")
-        if path is None:
-            if bad:
-                raise CheckpointError(f"{self.run.checkpoints}: no checkpoint verifies ({bad[0][1]})")
-            self._log("no checkpoint yet: starting from step 0")
+    def _prepare_data(self, norm: NormalizationState | None) -> PreparedData:
+        """Read, check and normalise the training/validation volumes once (kept in memory)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, by file
+            data = prepare_training_data(self.cfg.data, norm)
+        d = self.cfg.data
+        for nc in [*data.train, *data.val]:
+            files = data.dataset.subjects[nc.id].files
+            arrays = [(m, nc.source[i]) for i, m in enumerate(d.source)]
+            if nc.target is not None:
+                arrays.append((d.target, nc.target))
+            for m, a in arrays:
+                if not np.isfinite(a).all():
+                    raise DatasetError(f"{files.get(m, nc.id)}: values do not fit float32 after normalisation "
+                                       "(magnitudes beyond ~3e38); rescale the image or store it in its real units")
+        return data
+
+    def _make_sampler(self) -> Any:
+        """The training sampler, sharded for this rank."""
+        cfg, d, dist = self.cfg, self.cfg.data, self.dist
+        seed = cfg.train.seed
+        if self.spec.make_sampler is not None:
+            sampler = self.spec.make_sampler(cfg, self.data, seed)
+            if dist.enabled:
+                if hasattr(sampler, "shard"):
+                    sampler.shard(dist.rank, dist.world_size)
+                else:  # a sampler with one stream: each rank draws its own
+                    sampler = self.spec.make_sampler(cfg, self.data, seed + 7919 * dist.rank)
+            return sampler
+        return PatchSampler25D(self.data.train, slice_axis=d.slice_axis, context=self.context,
+                               patch_size=tuple(d.patch_size), foreground_fraction=d.foreground_fraction,
+                               label_fraction=d.label_fraction, augment=d.augment, seed=seed,
+                               rank=dist.rank, world_size=dist.world_size)
+
+    def _preview_batch(self) -> dict[str, torch.Tensor]:
+        cfg, d = self.cfg, self.cfg.data
+        seed = cfg.train.seed + 1
+        if self.spec.make_sampler is not None:
+            sampler = self.spec.make_sampler(cfg, self.data, seed)
+        else:
+            sampler = PatchSampler25D(self.data.val or self.data.train, slice_axis=d.slice_axis, context=self.context,
+                                      patch_size=tuple(d.patch_size), foreground_fraction=1.0,
+                                      label_fraction=0.5, augment=False, seed=seed)
+        return sampler.batch(min(4, cfg.train.batch_size))
+
+    def _init_run_folder(self) -> None:
+        """Rank 0 writes the run's files; config.yaml last (it marks a run that can be resumed).
+        On a failed write nothing is left behind."""
+        if not self.dist.is_main:
             return
-        weights, state = ckpt.load_checkpoint(path)
-        self.load_state(weights, state)
-        self.run.truncate_metrics(self.step)
-        self._log(f"resumed from {path.name} (step {self.step}, epoch {self.epoch})")
+        cfg, path = self.cfg, self.run.path
+        created = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"{path}: cannot create the run folder ({e.strerror or e}); choose a writable --out") from None
+        written = []
+        try:
+            for name, obj in (("normalization.json", self.data.norm.to_dict()), ("splits.json", self.data.splits),
+                              ("provenance.json", self._provenance())):
+                written.append(path / name)
+                self.run.write_json(name, obj)
+            written.append(self.run.config_path)
+            self.run.write_config(cfg)
+        except BaseException:
+            for f in written:
+                f.unlink(missing_ok=True)
+            if created:
+                try:
+                    path.rmdir()
+                except OSError:
+                    pass
+            raise
 
-    def load_state(self, weights: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> None:
+    def _provenance(self) -> dict[str, Any]:
+        files = [p for s in self.data.dataset.subjects.values() for p in s.files.values()]
+        prov = provenance(self.cfg, files)
+        t, dist = self.cfg.train, self.dist
+        prov["training"] = {"world_size": dist.world_size, "backend": dist.backend, "device": str(self.device),
+                            "batch_size_per_process": t.batch_size, "global_batch": self.global_batch,
+                            "learning_rates": "as configured, not rescaled with the global batch",
+                            "amp_dtype": str(self.method.runtime.amp_dtype).replace("torch.", "") if self.method.runtime.amp_dtype else None,
+                            "compile": t.compile, "num_workers": t.num_workers}
+        return prov
+
+    # -- resume ----------------------------------------------------------------------------------
+    def _set_aside_corrupt_checkpoints(self) -> None:
+        """Rank 0: checkpoints newer than the newest good one are renamed ``corrupt-step_…``
+        (else pruning would keep them and delete good ones); raise when none verifies."""
+        if not self.dist.is_main:
+            return
+        root = self.run.checkpoints
+        ckpt.recover(root)
+        good, bad = ckpt.latest_good(root)
+        if good is None:
+            if bad:
+                raise CheckpointError(f"{self.run.checkpoints}: no checkpoint verifies; newest: {bad[0][1]}. "
+                                      "Restore the folder from a backup or start a new run")
+            return
+        for p, why in bad:
+            dest = ckpt.quarantine(p)
+            self._log(f"[yellow]checkpoint {p.name} is corrupt[/] ({why}); moved to {dest.name}. "
+                      f"Resuming from the previous good checkpoint, {good.name}")
+
+    def _restore(self) -> bool:
+        """Load the newest checkpoint; False when the run has none yet."""
+        ckpts = ckpt.list_checkpoints(self.run.checkpoints)
+        if not ckpts:
+            self._log("no checkpoint yet: starting from step 0")
+            if self.dist.is_main:
+                self._record_config_changes()
+            return False
+        path = ckpts[-1]
+        try:
+            weights, state = ckpt.load_checkpoint(path)
+            self.load_state(weights, state, source=path)
+        except CheckpointError as e:
+            older = next((p for p in reversed(ckpts[:-1]) if _verifies(p)), None)
+            offer = (f"; the previous good checkpoint is {older.name}: move {path.name} out of {self.run.checkpoints} "
+                     "to resume from it" if older is not None else "")
+            raise CheckpointError(f"{e}{offer}") from None
+        if self.dist.is_main:
+            self.run.truncate_metrics(self.step)
+            self._record_config_changes()
+        self._log(f"resumed from {path.name} (step {self.step}, epoch {self.epoch})")
+        return True
+
+    def _record_config_changes(self) -> None:
+        """After an allowed config change: config.yaml describes the run from now on, and
+        config_changes.json lists what changed at which step."""
+        if not getattr(self, "_config_changes", None):
+            return
+        path = self.run.path / "config_changes.json"
+        history = self.run.read_json(path.name) if path.is_file() else []
+        self.run.write_json(path.name, [*history, {"step": self.step, "changes": self._config_changes}])
+        self.run.write_config(self.cfg)
+
+    def load_state(self, weights: dict[str, dict[str, torch.Tensor]], state: dict[str, Any],
+                   source: Path | str = "checkpoint") -> None:
+        """Networks, optimisers, schedulers, step/epoch, sampler position and RNGs of this rank."""
         for name, net in self.method.networks.items():
             if name not in weights:
-                raise CheckpointError(f"checkpoint has no weights for network {name!r} (has {sorted(weights)})")
-            net.load_state_dict(weights[name])
-        for name, opt in self.method.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
-        for name, sch in self.method.schedulers.items():
-            sch.load_state_dict(state["schedulers"][name])
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+                raise CheckpointError(f"{source}: no weights for network {name!r} (has {sorted(weights)})")
+            try:
+                net.load_state_dict(weights[name])
+            except RuntimeError as e:
+                raise CheckpointError(f"{source}: weights of {name!r} do not fit the configured network "
+                                      f"({str(e).splitlines()[0][:160]}); was the architecture changed?") from None
+        try:
+            for name, opt in self.method.optimizers.items():
+                opt.load_state_dict(state["optimizers"][name])
+            for name, sch in self.method.schedulers.items():
+                sch.load_state_dict(state["schedulers"][name])
+            self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{source}: training state incomplete or incompatible ({type(e).__name__}: {e})") from None
         self.best = state.get("best") or None
-        self.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
+        dist = self.dist
+        try:
+            per_rank = state.get("per_rank") or [{"sampler": state["sampler"], "rng": state["rng"]}]
+            if len(per_rank) == dist.world_size:
+                mine = per_rank[dist.rank]
+                self._load_sampler(mine["sampler"], source)
+                set_rng_state(mine["rng"])
+                return
+        except (KeyError, IndexError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{source}: sampler/RNG state incomplete or incompatible ({type(e).__name__}: {e})") from None
+        self._log(f"[yellow]the checkpoint was written by {len(per_rank)} process(es), this run has "
+                  f"{dist.world_size}[/]: the global batch changes and the run does not continue bit-for-bit")
+        if hasattr(self.sampler, "batch_at"):  # one shared stream: continue at its position
+            self._load_sampler(per_rank[0]["sampler"], source)
+        seed_everything(self.cfg.train.seed + 1_000_003 * self.step + dist.rank)
 
-    def state(self) -> dict[str, Any]:
+    def _load_sampler(self, state: dict[str, Any], source: Path | str) -> None:
+        try:
+            self.sampler.load_state_dict(state)
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{source}: sampler state cannot be restored ({e})") from None
+
+    def state(self, per_rank: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything to continue: optimisers, schedulers, step/epoch, best, and per rank the
+        sampler position and every RNG (python, numpy, torch, CUDA)."""
+        per_rank = per_rank or [{"sampler": self.sampler.state_dict(), "rng": rng_state()}]
         return {"optimizers": {n: o.state_dict() for n, o in self.method.optimizers.items()},
                 "schedulers": {n: s.state_dict() for n, s in self.method.schedulers.items()},
                 "step": self.step, "epoch": self.epoch, "best": self.best,
-                "sampler": self.sampler.state_dict(), "rng": rng_state()}
+                "sampler": per_rank[0]["sampler"], "rng": per_rank[0]["rng"],
+                "world_size": len(per_rank), "per_rank": per_rank}
 
     def save(self) -> Path:
-        protect = {self.best["checkpoint"]} if self.best and self.best.get("checkpoint") else set()
-        weights = ckpt.flatten_weights(dict(self.method.networks.items()))
-        return ckpt.save_checkpoint(self.run.checkpoints, self.step, weights, self.state(),
-                                    keep=self.cfg.train.keep_checkpoints, protect=protect, version=__version__)
+        """A checkpoint at the current step (a collective: every rank calls it, rank 0 writes)."""
+        dist = self.dist
+        local: dict[str, Any] = {"sampler": self.sampler.state_dict(), "rng": rng_state()}
+        fingerprint = params_fingerprint(dict(self.method.networks.items())) if dist.enabled else None
+        gathered = dist.all_gather_object((local, fingerprint))
+        per_rank = [g[0] for g in gathered]
+        prints = [g[1] for g in gathered]
+        final = self.run.checkpoints / f"{ckpt.PREFIX}{self.step:08d}"
+
+        def write() -> Path:
+            if not dist.is_main:
+                return final
+            if dist.enabled and len(set(prints)) > 1:
+                self._log(f"[red]step {self.step}: the ranks' parameters differ[/] ({prints}); this is a bug")
+            protect = {self.best["checkpoint"]} if self.best and self.best.get("checkpoint") else set()
+            weights = ckpt.flatten_weights(dict(self.method.networks.items()))
+            extra = {"config_hash": config_hash(self.cfg), "world_size": dist.world_size,
+                     "params_sha256_per_rank": prints if dist.enabled else None}
+            return ckpt.save_checkpoint(self.run.checkpoints, self.step, weights, self.state(per_rank),
+                                        keep=self.cfg.train.keep_checkpoints, protect=protect, version=__version__,
+                                        extra=extra)
+
+        return dist.agree(write)
 
     # ------------------------------------------------------------------------------------------
     def _next_batch(self) -> dict[str, torch.Tensor]:
-        b = self.sampler.batch(self.cfg.train.batch_size)
-        return {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
+        return self.feed()
+
+    def _wrap_networks(self) -> None:
+        """DDP around every trained network (several processes) and torch.compile around the
+        generator (``train.compile``); the method calls them through ``Method.net``."""
+        t = self.cfg.train
+        if not (self.dist.enabled or t.compile):
+            return
+        generator = getattr(self.method, "generator_name", "G")
+
+        def wrap(name: str, module: torch.nn.Module) -> torch.nn.Module:
+            net = self.dist.wrap(module, find_unused_parameters=t.find_unused_parameters)
+            if t.compile and name == generator:
+                net = torch.compile(net)
+            return net
+
+        self.method.wrap(wrap)
 
     def _tensorboard(self):
         if self._writer is None:
@@ -232,9 +526,21 @@ class Trainer:
                 pass
         return old
 
+    def _agree_on_step(self, vals: torch.Tensor, t0: float) -> tuple[torch.Tensor, bool, bool]:
+        """Mean losses over the ranks, and whether any rank got a stop signal / ran out of time."""
+        if not self.dist.enabled:
+            return vals, False, False
+        minutes = self.cfg.train.minutes
+        flags = torch.tensor([self._stop_signal is not None,
+                              minutes is not None and time.monotonic() - t0 > minutes * 60], dtype=torch.float64)
+        total = self.dist.all_reduce_sum(torch.cat([vals.to(torch.float64), flags]))
+        n = vals.numel()
+        return (total[:n] / self.dist.world_size).to(torch.float32), bool(total[n] > 0), bool(total[n + 1] > 0)
+
     def fit(self) -> TrainResult:
         self.setup()
-        cfg = self.cfg
+        self._wrap_networks()
+        cfg, main = self.cfg, self.dist.is_main
         old_handlers = self._install_signals()
         t0 = time.monotonic()
         stopped = "done"
@@ -242,18 +548,19 @@ class Trainer:
         n_sum = 0
         progress = None
         try:
-            if self.show_progress:
+            if self.show_progress and self.console is not None:
                 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
                 progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-                                    console=self.console, transient=False, disable=self.console is None)
+                                    console=self.console, transient=False)
                 progress.start()
                 task = progress.add_task("train", total=self.total_steps, completed=self.step, losses="")
             self.method.train()
             while self.step < self.total_steps:
-                losses = self.method.train_step(self._next_batch, self.step + 1)
+                losses = self.method.train_step(self.feed, self.step + 1)
                 vals = torch.stack([torch.as_tensor(v, dtype=torch.float32).detach().cpu().reshape(()) for v in losses.values()])
+                vals, signal_any, time_any = self._agree_on_step(vals, t0)
                 if not bool(torch.isfinite(vals).all()):
                     bad = [k for k, v in zip(losses, vals.tolist()) if not math.isfinite(v)]
                     last = ckpt.list_checkpoints(self.run.checkpoints)
@@ -270,12 +577,13 @@ class Trainer:
                     rec = {"step": self.step, "epoch": self.epoch, "time_s": round(time.monotonic() - t0, 2),
                            **{k: v / n_sum for k, v in sums.items()},
                            **{f"lr/{n}": o.param_groups[0]["lr"] for n, o in self.method.optimizers.items()}}
-                    self.run.append_metrics(rec)
-                    w = self._tensorboard()
-                    if w:
-                        for k, v in rec.items():
-                            if k not in ("step", "epoch"):
-                                w.add_scalar(k, v, self.step)
+                    if main:
+                        self.run.append_metrics(rec)
+                        w = self._tensorboard()
+                        if w:
+                            for k, v in rec.items():
+                                if k not in ("step", "epoch"):
+                                    w.add_scalar(k, v, self.step)
                     if progress:
                         progress.update(task, losses=" ".join(f"{k.split('/')[-1]}={v / n_sum:.3g}" for k, v in list(sums.items())[:4]))
                     sums, n_sum = {}, 0
@@ -290,10 +598,15 @@ class Trainer:
                     self.save_samples()
                 if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
                     self.save()
-                if self._stop_signal:
+                if self.dist.enabled:
+                    stop_now, out_of_time = signal_any, time_any
+                else:
+                    stop_now = self._stop_signal is not None
+                    out_of_time = cfg.train.minutes is not None and time.monotonic() - t0 > cfg.train.minutes * 60
+                if stop_now:
                     stopped = "interrupted"
                     break
-                if cfg.train.minutes is not None and time.monotonic() - t0 > cfg.train.minutes * 60:
+                if out_of_time:
                     stopped = "minutes"
                     break
         finally:
@@ -303,20 +616,43 @@ class Trainer:
                 signal.signal(s, h)
             if self._writer:
                 self._writer.close()
+            if self.feed is not None:
+                self.feed.close()
         if stopped == "done" and cfg.train.max_steps is not None:
             stopped = "max_steps"
         last = self.save()
-        if self.best is None:  # no validation: the last checkpoint is the one to use
+        if main and self.best is None:  # no validation: the last checkpoint is the one to use
             self.run.write_json("best.json", {"checkpoint": last.name, "step": self.step, "metric": None})
         self.save_samples()
         if stopped == "interrupted":
-            self._log(f"[yellow]stopped by {self._stop_signal}[/]: checkpoint saved at step {self.step}; "
-                      f"continue with `medsyn train --resume {self.run.path}`")
+            self._log(f"[yellow]stopped by {self._stop_signal or 'a signal to another process'}[/]: checkpoint saved "
+                      f"at step {self.step}; continue with `medsyn train --resume {self.run.path}`")
         return TrainResult(self.run.path, self.step, stopped, self.best)
 
     # ------------------------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        """Full-volume prediction of every validation subject; metrics in the target's units."""
+        """Full-volume prediction of every validation subject; metrics in the target's units.
+
+        Rank 0 validates; every rank then takes part in the checkpoint of a new best."""
+        summary = self.dist.agree(self._validate_main)
+        better = self.dist.broadcast_object(summary is not None and self._is_better(summary))
+        if better:
+            metric = self.cfg.train.val_metric
+            self.best = {"checkpoint": f"{ckpt.PREFIX}{self.step:08d}", "step": self.step, "metric": metric,
+                         "value": summary[f"val/{metric}"] if summary else None}
+            self.save()
+            if self.dist.is_main:
+                self.run.write_json("best.json", self.best)
+        return summary or {}
+
+    def _is_better(self, summary: dict[str, float]) -> bool:
+        metric = self.cfg.train.val_metric
+        value = summary[f"val/{metric}"]
+        return self.best is None or (value < self.best["value"] if metric == "mae" else value > self.best["value"])
+
+    def _validate_main(self) -> dict[str, float] | None:
+        if not self.dist.is_main:
+            return None
         from medsyn.inference.predict import predict_case_arrays
         from medsyn.metrics import data_range_of, mae, psnr, ssim
 
@@ -336,20 +672,16 @@ class Trainer:
         key = f"val/{metric}"
         if key not in summary:
             raise ConfigError(f"config key 'train.val_metric': {metric!r} is not a validation metric (mae, psnr, ssim)")
-        value = summary[key]
-        better = (self.best is None or (value < self.best["value"] if metric == "mae" else value > self.best["value"]))
-        if better:
-            self.best = {"checkpoint": f"{ckpt.PREFIX}{self.step:08d}", "step": self.step, "metric": metric, "value": value}
-            self.save()
-            self.run.write_json("best.json", self.best)
         self._log(f"epoch {self.epoch} step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
         return summary
 
     @torch.no_grad()
     def save_samples(self) -> Path | None:
-        """PNG grid of the preview patches: source | prediction | target | |error| | confidence."""
+        """PNG grid of the preview patches: source | prediction | target | |error| | confidence (rank 0)."""
         from medsyn.reports.samples import save_sample_grid
 
+        if not self.dist.is_main:
+            return None
         m = self.method
         if not self.spec.predicts_volumes:
             return m.save_samples(self.run.samples / f"step_{self.step:08d}.png", self.preview) if hasattr(m, "save_samples") else None
@@ -375,3 +707,11 @@ def default_out(cfg: RunConfig) -> Path:
 
 
 Callback = Callable[[int, dict[str, float]], None]
+
+
+def _verifies(path: Path) -> bool:
+    try:
+        ckpt.verify_checkpoint(path)
+        return True
+    except CheckpointError:
+        return False

@@ -1,0 +1,245 @@
+"""MedGAN training step: seconds per step and peak memory, medsyn's step vs a straightforward one.
+
+One step = one iteration of MedGAN's Algorithm 1: N_G = 3 generator updates on one training pair,
+then one discriminator update. Paper size: CasNet of 6 U-blocks, 16×16 spectral-norm PatchGAN,
+VGG-19 style/content losses (random weights here: speed does not depend on them), batch 1,
+256×256.
+
+    python benchmarks/medgan_step.py                  # CPU, paper size (≈ 6 GB RSS per version)
+    python benchmarks/medgan_step.py --quick          # CPU, 64×64, depth 6, 16 filters: seconds
+    python benchmarks/medgan_step.py --device cuda    # GPU; medsyn's step with bf16 autocast (AMP)
+
+Versions (same networks, same initial weights, same batch):
+
+* ``medsyn``: :meth:`medsyn.methods.medgan.MedGAN.train_step` — D held fixed during the N_G
+  generator updates (frozen weights, no power iteration), so the real pair's D features and the
+  target's VGG features are computed once per step; one D forward on concat(real, fake); fused
+  Adam; no host synchronisation (losses stay tensors); bf16 autocast on CUDA.
+* ``plain``: what one writes first — every generator update recomputes D(x, y) and VGG(x) with D
+  in training mode, two D forwards in the D update, Adam updating one parameter tensor at a time
+  (``foreach=False``), no AMP, ``.item()`` after every optimiser step.
+
+Each version runs in its own subprocess, so its peak memory (``ru_maxrss`` on CPU,
+``torch.cuda.max_memory_allocated`` on GPU) is its own. Prints both side by side and the ratio.
+This is a script, not a test: it never runs under pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VERSIONS = ("medsyn", "plain")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__)
+    p.add_argument("--size", type=int, default=256, help="image side (256 in MedGAN)")
+    p.add_argument("--depth", type=int, default=8, help="U-block levels (8 for 256×256)")
+    p.add_argument("--base", type=int, default=64, help="filters of the first U-block layer (64)")
+    p.add_argument("--blocks", type=int, default=6, help="U-blocks in the CasNet (6)")
+    p.add_argument("--quick", action="store_true", help="64×64, depth 6, 16 filters")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--no-amp", action="store_true", help="on CUDA: medsyn's step without bf16 autocast")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per version (after one warm-up step)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the versions alternately this many times (a busy machine's load drifts)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--versions", nargs="+", choices=VERSIONS, default=list(VERSIONS))
+    p.add_argument("--worker", choices=VERSIONS, help=argparse.SUPPRESS)
+    p.add_argument("--vgg", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.size, args.depth, args.base = 64, 6, 16
+    return args
+
+
+# ------------------------------------------------------------------------------------------------
+# worker: one version in this process
+# ------------------------------------------------------------------------------------------------
+
+
+def _build(args):
+    import torch
+
+    from medsyn.methods import METHODS, Runtime
+
+    spec = METHODS.get("medgan")
+    params = spec.make_params({"n_blocks": args.blocks, "depth": args.depth, "base_channels": args.base,
+                               "vgg19_weights": str(args.vgg)})
+    torch.manual_seed(0)
+    m = spec.build(params, in_channels=1, out_channels=1, patch_size=(args.size, args.size))
+    dev = torch.device(args.device)
+    m.to(dev)
+    amp = dev.type == "cuda" and not args.no_amp and args.worker == "medsyn"
+    m.runtime = Runtime(dev, torch.bfloat16 if amp else None)
+    g = torch.Generator().manual_seed(1)
+    y = torch.rand(1, 1, args.size, args.size, generator=g) * 2 - 1
+    x = (0.6 * y + 0.3 * torch.rand(1, 1, args.size, args.size, generator=g)).clamp(-1, 1)
+    batch = {"source": y.to(dev), "target": x.to(dev), "mask": torch.ones_like(x, device=dev)}
+    return m, batch, amp
+
+
+def plain_step(m, batch, opt_g, opt_d) -> list[float]:
+    """Algorithm 1 written plainly: no caching, D in training mode, two D forwards, .item() per step."""
+    import torch
+    import torch.nn.functional as F
+
+    from medsyn.losses.perceptual import content_loss, perceptual_loss, style_loss
+
+    G, D, vgg, cfg = m.networks["G"], m.networks["D"], m._load_vgg(), m.cfg
+    y, x = batch["source"], batch["target"]
+    log = []
+    for _ in range(cfg.n_g):
+        for p in D.parameters():
+            p.requires_grad_(False)
+        fake = G(y)
+        logits, ff = D(fake, y, return_features=True)
+        with torch.no_grad():
+            _, fr = D(x, y, return_features=True)
+            vx = vgg(x)
+        vf = vgg(fake)
+        loss = (F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+                + cfg.lambda_perceptual * perceptual_loss(ff, fr)
+                + cfg.lambda_style * style_loss(vf, vx, cfg.style_weights)
+                + cfg.lambda_content * content_loss(vf, vx, cfg.content_weights))
+        opt_g.zero_grad()
+        loss.backward()
+        opt_g.step()
+        log.append(loss.item())
+        for p in D.parameters():
+            p.requires_grad_(True)
+    fake = G(y).detach()
+    d_real, d_fake = D(x, y), D(fake, y)
+    loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+              + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+    opt_d.zero_grad()
+    loss_d.backward()
+    opt_d.step()
+    log.append(loss_d.item())
+    return log
+
+
+def worker(args) -> dict:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    m, batch, amp = _build(args)
+    dev = batch["source"].device
+    m.train()
+    if args.worker == "medsyn":
+        def step():
+            return m.train_step(lambda: batch, 1)
+    else:
+        cfg = m.cfg
+        opt_g = torch.optim.Adam(m.networks["G"].parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), foreach=False)
+        opt_d = torch.optim.Adam(m.networks["D"].parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), foreach=False)
+
+        def step():
+            return plain_step(m, batch, opt_g, opt_d)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    first = step()  # warm-up (loads the VGG, allocator, kernels)
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    first_g = float(first["g/total"]) if isinstance(first, dict) else first[0]
+    res = {"version": args.worker, "seconds": times, "amp": amp, "first_g_loss": first_g,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "g_params_m": sum(p.numel() for p in m.networks["G"].parameters()) / 1e6,
+           "threads": torch.get_num_threads()}
+    if dev.type == "cuda":
+        res["cuda_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        res["gpu"] = torch.cuda.get_device_name(dev)
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# driver
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    sys.path.insert(0, str(ROOT / "src"))
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args)))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        import torch
+        from safetensors.torch import save_file
+
+        from medsyn.models.vgg import VGG19
+
+        vgg = Path(tmp) / "vgg19_random.safetensors"
+        torch.manual_seed(0)
+        save_file({k: v.contiguous() for k, v in VGG19().state_dict().items()}, str(vgg))
+        results: dict[str, dict] = {}
+        for rnd in range(args.rounds):
+            for v in args.versions:
+                cmd = [sys.executable, __file__, "--worker", v, "--vgg", str(vgg), "--size", str(args.size),
+                       "--depth", str(args.depth), "--base", str(args.base), "--blocks", str(args.blocks),
+                       "--device", args.device, "--steps", str(args.steps)]
+                if args.no_amp:
+                    cmd.append("--no-amp")
+                if args.threads:
+                    cmd += ["--threads", str(args.threads)]
+                print(f"running {v} (round {rnd + 1} of {args.rounds}) …", flush=True)
+                proc = subprocess.run(cmd, capture_output=True, text=True,
+                                      env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                if proc.returncode != 0 or line is None:
+                    print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                    return 1
+                r = json.loads(line[len("RESULT "):])
+                if v in results:  # pool the rounds: all step times, the largest peak
+                    r["seconds"] = results[v]["seconds"] + r["seconds"]
+                    for k in ("peak_rss_mb", "cuda_peak_mb"):
+                        if k in r:
+                            r[k] = max(r[k], results[v][k])
+                results[v] = r
+    any_r = next(iter(results.values()))
+    print()
+    print(f"MedGAN training step (Alg. 1: 3 G updates + 1 D update): CasNet of {args.blocks} U-blocks "
+          f"({any_r['g_params_m']:.1f} M parameters, depth {args.depth}, {args.base} filters), 16×16 PatchGAN + SN, "
+          f"VGG-19 style/content, batch 1, {args.size}×{args.size}")
+    where = any_r.get("gpu") or f"CPU, {any_r['threads']} thread(s), load average {os.getloadavg()[0]:.1f}"
+    print(f"device: {args.device} ({where}); median of {args.steps} steps × {args.rounds} round(s), "
+          "each after one warm-up step")
+    mem_key, mem_name = ("cuda_peak_mb", "peak GPU memory") if args.device.startswith("cuda") else ("peak_rss_mb", "peak RSS")
+    print()
+    print(f"| version | AMP | s / step | {mem_name} | G loss, 1st step |")
+    print("|---|---|---|---|---|")
+    for v, r in results.items():
+        print(f"| {v} | {'bf16' if r['amp'] else 'no'} | {statistics.median(r['seconds']):.3f} "
+              f"(min {min(r['seconds']):.3f}) | {r[mem_key] / 1024:.2f} GB | {r['first_g_loss']:.4f} |")
+    if {"medsyn", "plain"} <= set(results):
+        t = {v: statistics.median(results[v]["seconds"]) for v in ("medsyn", "plain")}
+        mem = {v: results[v][mem_key] for v in ("medsyn", "plain")}
+        print()
+        print(f"plain / medsyn: {t['plain'] / t['medsyn']:.2f}× time, {mem['plain'] / mem['medsyn']:.2f}× peak memory")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

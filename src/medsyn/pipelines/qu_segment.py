@@ -1,0 +1,430 @@
+"""Does synthetic data help a lesion segmenter? Qu et al.'s Tables 1 and 2 (Sec. 2.9, 3.5–3.6, 4.1).
+
+**Table 2** (:func:`run_table2`): train the lesion segmenter on real slices only, synthetic
+slices only, real + synthetic mixes with the paper's three strategies — random mixing,
+synthetic-then-real (pre-train, then fine-tune) and real-then-synthetic — and, for comparison,
+real + traditionally augmented slices (Sec. 3.4: random scale, rotation, translation, flip);
+evaluate Dice and MSE on real test slices. Amounts are multiples of ``R``, the number of real
+training slices, exactly as the paper's rows (``15070 × 0.5`` …): :data:`TABLE2`.
+
+**Table 1** (:func:`run_table1`): a segmenter trained on real slices only, tested on the real
+test slices and on synthetic data sets (one per lesion-supervision variant, generated without
+the segmenter filter, Sec. 3.5), the same number of slices each.
+
+Conventions (the paper gives names, not definitions; docs/qu.md):
+
+* Model and loss: :class:`medsyn.methods.qu2023.SliceSegmenter` (all modalities as channels)
+  with ``params.seg_loss`` (Sec. 2.9's ``loss_l``), Adam as Sec. 3.1, batch 1.
+* Budget: ``epochs`` passes over each phase's training set (Sec. 3.6: 100 epochs; a
+  sequential strategy has two phases, each its own epochs), or a fixed total ``steps`` split
+  over the phases in proportion to their sizes (for quick CPU runs).
+* Dice: whole lesion (``label > 0``), per 2D slice, then averaged over slices (Sec. 3.1:
+  "the mean of the 2D image results"); a slice where both prediction and truth are empty scores
+  1. Per-class Dice is averaged over the slices where the class appears in either.
+  MSE: mean squared difference between the one-hot label and the softmax probabilities, per
+  slice, averaged.
+* Real data: the pipeline run's data set and split. Test slices come from labelled subjects of
+  the ``test`` split (subject-level, Sec. 3.2's 9:1). When the run has no labelled test subject
+  or no labelled training subject (the bundled sample has one labelled case), the labelled
+  subjects' slices are split instead — the lowest ``SLICE_TEST_FRACTION`` of each subject's
+  slice range is test, one slice is left out as a gap, the rest is training — and the tables
+  say so: adjacent slices of one brain are not independent, so those numbers are optimistic.
+* Repeats: Sec. 3.1 trains every experiment four times and keeps the best *on the test set*;
+  ``repeats`` does the same, and the JSON keeps every repeat and the mean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import torch
+
+from medsyn import __version__
+from medsyn.data.dataset import discover
+from medsyn.data.pipeline import make_splits, open_dataset
+from medsyn.data.qu_slices import QuSlices, augment_slice, load_slices
+from medsyn.data.structure import LabelAugmentConfig
+from medsyn.errors import ConfigError, DatasetError, OutputError
+from medsyn.io.image import atomic_write_bytes
+from medsyn.methods.qu2023 import QuConfig, adam, build_segmenter, segmenter_step
+from medsyn.pipelines.qu import load_stage, read_pipeline
+from medsyn.pipelines.qu_generate import lesion_dice
+
+#: share of each labelled subject's slices held out as test when no subject-level split exists
+SLICE_TEST_FRACTION = 0.3
+
+Mixing = Literal["none", "random", "syn-then-real", "real-then-syn"]
+MIXING_NAMES = {"none": "none", "random": "random mix", "syn-then-real": "synthetic → real",
+                "real-then-syn": "real → synthetic"}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of Table 2: amounts as multiples of R (the real training slices) and the mixing."""
+
+    id: int
+    real: float
+    synthetic: float
+    augmented: float
+    mixing: Mixing
+
+
+#: Qu et al. Table 2, in the paper's order (row numbers are the paper's).
+TABLE2: dict[int, Experiment] = {e.id: e for e in (
+    Experiment(1, 1.0, 0.0, 0.0, "none"), Experiment(31, 0.5, 0.0, 0.0, "none"),
+    Experiment(2, 0.0, 1.0, 0.0, "none"), Experiment(3, 0.0, 2.0, 0.0, "random"),
+    Experiment(4, 0.0, 3.0, 0.0, "random"),
+    Experiment(7, 0.1, 1.0, 0.0, "syn-then-real"), Experiment(8, 0.1, 2.0, 0.0, "syn-then-real"),
+    Experiment(9, 0.1, 3.0, 0.0, "syn-then-real"),
+    Experiment(13, 0.2, 0.8, 0.0, "random"), Experiment(12, 0.5, 0.5, 0.0, "random"),
+    Experiment(14, 0.8, 0.2, 0.0, "random"),
+    Experiment(32, 1.0, 0.2, 0.0, "random"), Experiment(33, 1.0, 0.5, 0.0, "random"),
+    Experiment(34, 1.0, 0.8, 0.0, "random"), Experiment(15, 1.0, 1.0, 0.0, "random"),
+    Experiment(16, 1.0, 1.0, 0.0, "real-then-syn"), Experiment(17, 1.0, 1.0, 0.0, "syn-then-real"),
+    Experiment(18, 1.0, 2.0, 0.0, "random"), Experiment(19, 1.0, 3.0, 0.0, "random"),
+    Experiment(35, 1.0, 0.0, 0.2, "random"), Experiment(36, 1.0, 0.0, 0.5, "random"),
+    Experiment(37, 1.0, 0.0, 0.8, "random"), Experiment(22, 1.0, 0.0, 1.0, "random"),
+    Experiment(23, 1.0, 0.0, 2.0, "random"), Experiment(24, 1.0, 0.0, 3.0, "random"),
+)}
+#: the paper's results (MSE, Dice), printed beside ours for reference
+PAPER_TABLE2 = {1: (0.026, 0.915), 31: (0.032, 0.902), 2: (0.205, 0.708), 3: (0.206, 0.736), 4: (0.205, 0.754),
+                7: (0.031, 0.908), 8: (0.028, 0.907), 9: (0.030, 0.907), 13: (0.041, 0.850), 12: (0.031, 0.904),
+                14: (0.024, 0.935), 32: (0.025, 0.921), 33: (0.023, 0.939), 34: (0.026, 0.916), 15: (0.027, 0.913),
+                16: (0.195, 0.795), 17: (0.021, 0.940), 18: (0.033, 0.901), 19: (0.034, 0.897), 35: (0.027, 0.911),
+                36: (0.025, 0.927), 37: (0.026, 0.920), 22: (0.026, 0.915), 23: (0.032, 0.898), 24: (0.036, 0.885)}
+PAPER_TABLE1 = {"real": (0.026, 0.915), "1SEG": (0.053, 0.741), "1ECL+4DCL": (0.055, 0.808), "4SEG": (0.043, 0.838)}
+
+
+def parse_experiments(spec: str | Sequence[int] | None) -> list[int]:
+    """``"all"`` / None → every Table 2 row; ``"1,2,15"`` → those rows (unknown ids raise ConfigError)."""
+    if spec is None or spec == "all":
+        return list(TABLE2)
+    ids = [int(s) for s in spec.split(",") if s.strip()] if isinstance(spec, str) else [int(s) for s in spec]
+    bad = [i for i in ids if i not in TABLE2]
+    if bad or not ids:
+        raise ConfigError(f"--experiments: unknown Table 2 row(s) {bad or spec}; known: {', '.join(map(str, TABLE2))} or all")
+    return ids
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Pool:
+    """Training or test slices: ``images`` ``(N, M, H, W)`` standardised, ``labels`` ``(N, H, W)``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @staticmethod
+    def of(s: QuSlices, idx: Sequence[int] | np.ndarray | None = None) -> "Pool":
+        idx = np.arange(len(s)) if idx is None else np.asarray(idx, dtype=np.int64)
+        return Pool(s.images[idx], s.labels[idx])
+
+    @staticmethod
+    def concat(pools: Sequence["Pool"]) -> "Pool":
+        pools = [q for q in pools if len(q)]
+        return Pool(np.concatenate([q.images for q in pools]), np.concatenate([q.labels for q in pools]))
+
+
+def real_data(run: str | Path) -> tuple[Pool, Pool, dict[str, Any]]:
+    """Real training and test slices of a pipeline run's data set (see the module docstring)."""
+    cfg, p, state = read_pipeline(run)
+    ds = open_dataset(cfg.data)
+    splits = make_splits(ds, cfg.data)
+    labelled = lambda ids: [i for i in ids if p.label in ds.subjects[i].files]  # noqa: E731
+    train_ids, test_ids = labelled(splits["train"]), labelled(splits["test"])
+    size = list(state["slice_size"])
+    kw = dict(label=p.label, slice_range_mm=p.slice_range, slice_size=size, n_classes=p.n_classes,
+              labelled_only=True, clip=p.standardize_clip)
+    if train_ids and test_ids:
+        tr = load_slices(ds, train_ids, p.modalities, **kw)
+        te = load_slices(ds, test_ids, p.modalities, **kw)
+        info = {"split": "subjects", "train_subjects": train_ids, "test_subjects": test_ids}
+        return Pool.of(tr), Pool.of(te), info
+    all_ids = labelled(ds.ids())
+    if not all_ids:
+        raise DatasetError(f"{ds.root}: no subject has a {p.label!r} label file; the segmentation experiments need "
+                           "labelled real subjects")
+    s = load_slices(ds, all_ids, p.modalities, **kw)
+    tr_idx, te_idx = [], []
+    for sid in all_ids:
+        idx = np.flatnonzero(np.asarray(s.subjects) == sid)
+        idx = idx[np.argsort(s.index[idx])]
+        n_test = max(1, int(math.ceil(SLICE_TEST_FRACTION * len(idx))))
+        te_idx += list(idx[:n_test])
+        tr_idx += list(idx[n_test + 1:])  # one slice left out between test and training
+    if not tr_idx:
+        raise DatasetError(f"{ds.root}: too few labelled slices to split into training and test slices")
+    info = {"split": "slices", "subjects": all_ids, "test_fraction": SLICE_TEST_FRACTION,
+            "warning": "no labelled subject-level test split: test slices are the lowest "
+                       f"{SLICE_TEST_FRACTION:.0%} of each labelled subject's slice range (one slice gap); "
+                       "neighbouring slices of the same brain make these numbers optimistic"}
+    return Pool.of(s, tr_idx), Pool.of(s, te_idx), info
+
+
+def synthetic_data(root: str | Path, p: QuConfig, slice_size: list[int], limit: int | None = None) -> Pool:
+    """The labelled slices of a synthetic data set, subject by subject in id order (every slice
+    of a subject; intensities re-standardised), stopping once ``limit`` slices are loaded — the
+    first ``limit`` cases, so "synthetic × 2" ⊂ "synthetic × 3" and memory stays what is used."""
+    ds = discover(root)
+    kw = dict(label=p.label, slice_range_mm=None, slice_size=slice_size, n_classes=p.n_classes, labelled_only=True,
+              clip=p.standardize_clip)
+    missing = [sid for sid in ds.ids() if any(m not in ds.subjects[sid].files for m in p.modalities + [p.label])]
+    if missing:
+        s = ds.subjects[missing[0]]
+        lacks = [m for m in p.modalities + [p.label] if m not in s.files]
+        raise DatasetError(f"{s.folder or ds.root}: synthetic subject {missing[0]!r} has no {', '.join(map(repr, lacks))} "
+                           f"image (has: {', '.join(sorted(s.files))}); {len(missing)} subject(s) of {ds.root} are "
+                           f"incomplete — regenerate them with medsyn generate")
+    parts, n = [], 0
+    for sid in ds.ids():
+        if limit is not None and n >= limit:
+            break
+        part = Pool.of(load_slices(ds, [sid], p.modalities, **kw))
+        parts.append(part)
+        n += len(part)
+    pool = Pool.concat(parts)
+    return pool if limit is None else Pool(pool.images[:limit], pool.labels[:limit])
+
+
+def augmented_data(real: Pool, n: int, rng: np.random.Generator, config: LabelAugmentConfig) -> Pool:
+    """``n`` traditionally augmented slices (Sec. 3.4), each from a random real training slice."""
+    if n <= 0:
+        return Pool(real.images[:0], real.labels[:0])
+    imgs, labs = [], []
+    for _ in range(n):
+        j = int(rng.integers(len(real)))
+        image = real.images[j].astype(np.float32)
+        im, lab, _ = augment_slice(image, real.labels[j], image.max(axis=0) > 0, rng, config)
+        imgs.append(im)
+        labs.append(lab)
+    return Pool(np.stack(imgs).astype(real.images.dtype), np.stack(labs))
+
+
+# --------------------------------------------------------------------------- train / evaluate
+
+
+def phase_steps(sizes: Sequence[int], epochs: int | None, steps: int | None) -> list[int]:
+    """Updates per phase: ``epochs`` × phase size (batch 1), or ``steps`` split in proportion."""
+    if steps is not None:
+        total = sum(sizes)
+        return [max(1, int(round(steps * n / total))) for n in sizes]
+    return [int(epochs) * n for n in sizes]
+
+
+def train_segmenter(phases: Sequence[Pool], n_steps: Sequence[int], p: QuConfig, seed: int,
+                    device: torch.device) -> torch.nn.Module:
+    """Train a fresh segmenter on each phase in turn (shuffled epochs, batch 1, Sec. 3.1)."""
+    torch.manual_seed(seed)
+    model = build_segmenter(p).to(device)
+    opt = adam(model.parameters(), p)
+    rng = np.random.default_rng(seed)
+    model.train()
+    for pool, n in zip(phases, n_steps):
+        order: list[int] = []
+        for _ in range(n):
+            if not order:
+                order = list(rng.permutation(len(pool)))
+            j = order.pop()
+            image = torch.from_numpy(pool.images[j][None].astype(np.float32)).to(device)
+            label = torch.from_numpy(pool.labels[j][None, None].astype(np.int64)).to(device)
+            segmenter_step(model, opt, image, label, p)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, test: Pool, n_classes: int, device: torch.device) -> dict[str, Any]:
+    """Mean per-slice whole-lesion Dice, per-class Dice and MSE on ``test`` (module docstring)."""
+    model.eval()
+    dices, mses = [], []
+    per_class: dict[int, list[float]] = {c: [] for c in range(1, n_classes)}
+    for j in range(len(test)):
+        probs = model(torch.from_numpy(test.images[j][None].astype(np.float32)).to(device))[0].cpu().numpy()
+        label = test.labels[j].astype(np.int64)
+        pred = probs.argmax(0)
+        onehot = (label[None] == np.arange(n_classes)[:, None, None]).astype(np.float32)
+        dices.append(lesion_dice(pred, label))
+        mses.append(float(np.mean((onehot - probs) ** 2)))
+        for c in per_class:
+            a, b = pred == c, label == c
+            if a.any() or b.any():
+                per_class[c].append(2.0 * float((a & b).sum()) / float(a.sum() + b.sum()))
+    return {"dice": float(np.mean(dices)), "mse": float(np.mean(mses)), "n_test": len(test),
+            "dice_per_class": {str(c): (float(np.mean(v)) if v else None) for c, v in per_class.items()}}
+
+
+def _check_out(out: Path, names: Sequence[str]) -> None:
+    for n in names:
+        if (out / n).exists():
+            raise OutputError(f"{out / n}: exists; choose a new --out (results are never overwritten)")
+
+
+def _write(out: Path, name: str, record: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / f"{name}.json", json.dumps(record, indent=1, default=float).encode())
+    atomic_write_bytes(out / f"{name}.md", markdown.encode())
+    return out / f"{name}.md", out / f"{name}.json"
+
+
+def _amount(frac: float, n: int, unit: str = "R") -> str:
+    if frac == 0:
+        return "0"
+    return f"{unit}×{frac:g} ({n})" if frac != 1 else f"{unit} ({n})"
+
+
+def run_table2(run: str | Path, synthetic: str | Path, out: str | Path, *, experiments: str | Sequence[int] | None = None,
+               epochs: int | None = None, steps: int | None = None, repeats: int = 1, seed: int = 0,
+               device: str = "cpu", log: Callable[[str], None] | None = None,
+               command: str | None = None) -> dict[str, Any]:
+    """Qu et al. Table 2 on the run's real data and the synthetic data set ``synthetic``.
+
+    Writes ``out/table2.md`` and ``out/table2.json`` (never overwritten) and returns the record.
+    """
+    from medsyn.training.engine import resolve_device
+
+    out = Path(out)
+    _check_out(out, ("table2.md", "table2.json"))
+    ids = parse_experiments(experiments)
+    if repeats < 1 or (steps is not None and steps < 1) or (epochs is not None and epochs < 1):
+        raise ConfigError("--repeats, --steps and --epochs must be ≥ 1")
+    cfg, p, state = read_pipeline(run)
+    epochs = p.segmenter_epochs if epochs is None and steps is None else epochs
+    dev = resolve_device(device)
+    real_train, test, split = real_data(run)
+    R = len(real_train)
+    exps = [TABLE2[i] for i in ids]
+    need = max((int(round(e.synthetic * R)) for e in exps), default=0)
+    syn = synthetic_data(synthetic, p, list(state["slice_size"]), limit=need) if need else None
+    if syn is not None and len(syn) < need:
+        raise DatasetError(f"{synthetic}: {len(syn)} synthetic slices, but experiment(s) "
+                           f"{[e.id for e in exps if round(e.synthetic * R) > len(syn)]} need up to {need} "
+                           f"(R = {R} real training slices); generate more with `medsyn generate {run} --n {need} ...`")
+    aug_cfg = LabelAugmentConfig(tuple(p.label_scale), tuple(p.label_rotation_deg), p.label_translation, p.label_flip_prob)
+    rows = []
+    for e in exps:
+        rng = np.random.default_rng([seed, e.id])
+        n_real, n_syn, n_aug = (int(round(f * R)) for f in (e.real, e.synthetic, e.augmented))
+        sel = rng.permutation(R)[:n_real]  # the real subset "R × 0.5" …, seeded per experiment
+        real = Pool(real_train.images[sel], real_train.labels[sel])
+        synth = Pool(syn.images[:n_syn], syn.labels[:n_syn]) if n_syn else Pool(real_train.images[:0], real_train.labels[:0])
+        aug = augmented_data(real_train, n_aug, np.random.default_rng([seed, e.id, 2]), aug_cfg)
+        if e.mixing == "syn-then-real":
+            phases = [synth, real]
+        elif e.mixing == "real-then-syn":
+            phases = [real, synth]
+        else:
+            phases = [Pool.concat([real, synth, aug])]
+        phases = [ph for ph in phases if len(ph)]
+        n_steps = phase_steps([len(ph) for ph in phases], epochs, steps)
+        results = []
+        for r in range(repeats):
+            model = train_segmenter(phases, n_steps, p, seed + r, dev)
+            results.append(evaluate(model, test, p.n_classes, dev))
+        best = max(results, key=lambda m: m["dice"])
+        row = {"id": e.id, "real": e.real, "synthetic": e.synthetic, "augmented": e.augmented, "mixing": e.mixing,
+               "n_real": n_real, "n_synthetic": n_syn, "n_augmented": n_aug, "steps": n_steps, **best,
+               "repeats": results, "mean_dice": float(np.mean([m["dice"] for m in results])),
+               "paper": dict(zip(("mse", "dice"), PAPER_TABLE2[e.id]))}
+        rows.append(row)
+        if log is not None:
+            log(f"experiment {e.id:>2}: real {n_real}, synthetic {n_syn}, augmented {n_aug}, {MIXING_NAMES[e.mixing]}, "
+                f"steps {n_steps} → MSE {best['mse']:.4f}, Dice {best['dice']:.4f}")
+    record = {"medsyn_version": __version__, "table": "Qu et al. Table 2", "run_dir": str(Path(run).resolve()),
+              "synthetic": str(Path(synthetic).resolve()) if syn is not None else None, "R": R, "n_test": len(test),
+              "split": split, "budget": {"epochs": epochs, "steps": steps, "repeats": repeats}, "seed": seed,
+              "device": str(dev), "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
+    md = table2_markdown(record)
+    _write(out, "table2", record, md)
+    return record
+
+
+def table2_markdown(record: dict[str, Any]) -> str:
+    b = record["budget"]
+    budget = f"{b['steps']} steps per experiment" if b["steps"] is not None else f"{b['epochs']} epochs per phase"
+    lines = ["# Qu et al. Table 2 — does synthetic data help lesion segmentation?", "",
+             f"R = {record['R']} real training slices; {record['n_test']} real test slices "
+             f"(split by {record['split']['split']}); {budget}, batch 1, best of {b['repeats']}; seed {record['seed']}.",
+             "Dice: whole lesion, mean over 2D slices; MSE: one-hot label vs softmax. Paper: BRATS2015, R = 15070.", ""]
+    if record["split"].get("warning"):
+        lines += [f"> **Note:** {record['split']['warning']}.", ""]
+    if record.get("command"):
+        lines += [f"Command: `{record['command']}`", ""]
+    lines += ["| # | real | synthetic | augmented | mixing | MSE | Dice | paper MSE | paper Dice |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in record["rows"]:
+        lines.append(f"| {r['id']} | {_amount(r['real'], r['n_real'])} | {_amount(r['synthetic'], r['n_synthetic'])} | "
+                     f"{_amount(r['augmented'], r['n_augmented'])} | {MIXING_NAMES[r['mixing']]} | {r['mse']:.4f} | "
+                     f"{r['dice']:.4f} | {r['paper']['mse']:.3f} | {r['paper']['dice']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_table1(run: str | Path, synthetic: dict[str, str | Path], out: str | Path, *, epochs: int | None = None,
+               steps: int | None = None, seed: int = 0, device: str = "cpu", use_run_segmenter: bool = False,
+               log: Callable[[str], None] | None = None, command: str | None = None) -> dict[str, Any]:
+    """Qu et al. Table 1: a real-trained segmenter on real test slices and on each synthetic set.
+
+    ``synthetic`` maps a row name (the lesion-supervision variant: 1SEG, 1ECL+4DCL, 4SEG) to a
+    synthetic data set generated *without* the segmenter filter (``--min-dice 0``). Each is
+    tested on its first slices, as many as the real test set has (all if fewer).
+    ``use_run_segmenter`` tests the run's ``segmenter`` stage instead of training one on the
+    real training slices of the experiment split.
+    """
+    from medsyn.training.engine import resolve_device
+
+    out = Path(out)
+    _check_out(out, ("table1.md", "table1.json"))
+    if not synthetic:
+        raise ConfigError("--synthetic: give at least one VARIANT=DIR synthetic data set for Table 1")
+    cfg, p, state = read_pipeline(run)
+    epochs = p.segmenter_epochs if epochs is None and steps is None else epochs
+    dev = resolve_device(device)
+    real_train, test, split = real_data(run)
+    if use_run_segmenter:
+        model = load_stage(run, "segmenter", dev).networks["S"]
+        trained = "the run's segmenter stage"
+    else:
+        n_steps = phase_steps([len(real_train)], epochs, steps)
+        model = train_segmenter([real_train], n_steps, p, seed, dev)
+        trained = f"{len(real_train)} real training slices, {n_steps[0]} steps"
+    rows = [{"method": "-", "test": "real", **evaluate(model, test, p.n_classes, dev),
+             "paper": dict(zip(("mse", "dice"), PAPER_TABLE1["real"]))}]
+    for name, root in synthetic.items():
+        syn = synthetic_data(root, p, list(state["slice_size"]), limit=len(test))  # the first len(test) slices
+        row = {"method": name, "test": "synthetic", "synthetic": str(Path(root).resolve()),
+               **evaluate(model, syn, p.n_classes, dev)}
+        if name in PAPER_TABLE1:
+            row["paper"] = dict(zip(("mse", "dice"), PAPER_TABLE1[name]))
+        rows.append(row)
+    for r in rows:
+        if log is not None:
+            log(f"{r['method']:>10} on {r['test']:<9} ({r['n_test']} slices): MSE {r['mse']:.4f}, Dice {r['dice']:.4f}")
+    record = {"medsyn_version": __version__, "table": "Qu et al. Table 1", "run_dir": str(Path(run).resolve()),
+              "segmenter": trained, "split": split, "budget": {"epochs": epochs, "steps": steps}, "seed": seed,
+              "device": str(dev), "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
+    lines = ["# Qu et al. Table 1 — lesion detection on real and synthetic test data", "",
+             f"Segmenter: {trained}. Synthetic sets generated without the segmenter filter (Sec. 3.5); each tested on "
+             f"as many slices as the real test set ({len(test)}).",
+             "Dice: whole lesion, mean over 2D slices; MSE: one-hot label vs softmax.", ""]
+    if split.get("warning"):
+        lines += [f"> **Note:** {split['warning']}.", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    lines += ["| synthetic method | test data type | slices | MSE | Dice | paper MSE | paper Dice |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pm = r.get("paper", {})
+        lines.append(f"| {r['method']} | {r['test']} | {r['n_test']} | {r['mse']:.4f} | {r['dice']:.4f} | "
+                     f"{pm.get('mse', float('nan')):.3f} | {pm.get('dice', float('nan')):.3f} |")
+    _write(out, "table1", record, "\n".join(lines) + "\n")
+    return record
