@@ -309,7 +309,17 @@ def _temp_beside(p: Path, suffix: str) -> str:
     except OSError as e:
         raise OutputError(f"{p}: cannot write ({e.strerror or e}); check free space and permissions") from None
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     return tmp
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def _atomic_nifti(img: nib.Nifti1Image, p: Path) -> Path:
