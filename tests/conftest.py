@@ -15,8 +15,15 @@ from typing import Callable, Iterable, Mapping
 import nibabel as nib
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from medsyn.data.dataset import sample_root
+
+# Property tests explore the same examples on every run, so CI is reproducible; run with
+# `--hypothesis-profile=explore` to search new ones.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("ci")
 
 SAMPLE_GLI = "BraTS-GLI-00000-000"
 SAMPLE_MET = "BraTS-MET-00110-000"

@@ -35,6 +35,11 @@ from medsyn.registry import Registry
 NORMALIZERS: Registry = Registry("normalisation kind")
 
 
+def _unit(y: np.ndarray) -> np.ndarray:
+    """float32 in [-1, 1] exactly (float32 rounding of the affine map can overshoot by an ulp)."""
+    return np.clip(np.asarray(y, dtype=np.float32), -1.0, 1.0)
+
+
 def _masked(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     if mask is None:
         return x.ravel()
@@ -95,7 +100,7 @@ class WindowNorm(Normalizer):
 
     def forward(self, x):
         x = np.clip(np.asarray(x, dtype=np.float32), self.low, self.high)
-        return (2.0 * (x - self.low) / (self.high - self.low) - 1.0).astype(np.float32)
+        return _unit(2.0 * (x - self.low) / (self.high - self.low) - 1.0)
 
     def inverse(self, y):
         y = np.clip(np.asarray(y, dtype=np.float32), -1.0, 1.0)
@@ -120,7 +125,7 @@ class PercentileNorm(Normalizer):
 
     def forward(self, x):
         x = np.clip(np.asarray(x, dtype=np.float32), self.lo, self.hi)
-        return (2.0 * (x - self.lo) / (self.hi - self.lo) - 1.0).astype(np.float32)
+        return _unit(2.0 * (x - self.lo) / (self.hi - self.lo) - 1.0)
 
     def inverse(self, y):
         y = np.clip(np.asarray(y, dtype=np.float32), -1.0, 1.0)
@@ -143,7 +148,7 @@ class ZScoreNorm(Normalizer):
 
     def forward(self, x):
         z = (np.asarray(x, dtype=np.float32) - self.mean) / self.std
-        return (np.clip(z, -self.clip, self.clip) / self.clip).astype(np.float32)
+        return _unit(np.clip(z, -self.clip, self.clip) / self.clip)
 
     def inverse(self, y):
         y = np.clip(np.asarray(y, dtype=np.float32), -1.0, 1.0)
