@@ -49,7 +49,7 @@ import numpy as np
 
 from medsyn.data.masks import compute_mask
 from medsyn.errors import ConfigError, DatasetError, GeometryError, OutputError
-from medsyn.io.image import NIFTI_SUFFIXES, Volume, atomic_write_bytes, read_image, same_grid, write_like, write_nifti
+from medsyn.io.image import NIFTI_SUFFIXES, Volume, atomic_write_bytes, file_sha256, read_image, same_grid, write_like, write_nifti
 
 PREPARE_FILE = "prepare.json"
 #: files carried over unchanged (motion/denoise) or resampled with nearest neighbour (2D task)
@@ -114,14 +114,6 @@ def subject_seed(seed: int, subject_id: str) -> int:
     """A 63-bit seed derived from the run seed and the subject id (stable across runs/machines)."""
     digest = hashlib.sha256(f"medsyn-prepare/{int(seed)}/{subject_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_output(src: Path, out: Path, overwrite: bool) -> None:
@@ -210,7 +202,7 @@ def _write_manifest(tmp: Path, task: str, seed: int | None, params: dict[str, An
 
 
 def _source_record(files: dict[str, Path]) -> dict[str, Any]:
-    return {m: {"path": str(p.resolve()), "sha256": _sha256(p)} for m, p in files.items()}
+    return {m: {"path": str(p.resolve()), "sha256": file_sha256(p)} for m, p in files.items()}
 
 
 def _carry_labels(folder: Path, dest: Path) -> list[str]:

@@ -568,31 +568,9 @@ class QuSegmenter(_QuStage):
 
 def _save_grid(path: Path, cols: list[tuple[str, torch.Tensor]]) -> Path:
     """One row per preview sample, one column per named ``(B, 1, H, W)`` map in [0, 1]."""
-    import io
+    from medsyn.reports.samples import save_image_grid
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from medsyn.io.image import atomic_write_bytes
-
-    b = cols[0][1].shape[0]
-    fig, axes = plt.subplots(b, len(cols), figsize=(2.0 * len(cols), 2.0 * b), squeeze=False)
-    for i in range(b):
-        for j, (title, t) in enumerate(cols):
-            ax = axes[i, j]
-            ax.imshow(np.rot90(t[i, 0].float().cpu().numpy()), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_image_grid(path, [(title, t, "gray", (0, 1)) for title, t in cols], cell_inches=2.0)
 
 
 # --------------------------------------------------------------------------- samplers

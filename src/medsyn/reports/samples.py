@@ -18,21 +18,30 @@ def save_sample_grid(path: Path, source: torch.Tensor, pred: torch.Tensor, targe
     Columns: centre source slice | prediction | target | |prediction − target| | confidence M
     (when the method has one). Written atomically.
     """
+    cols = [("source", source, "gray", (-1, 1)), ("prediction", pred, "gray", (-1, 1)), ("target", target, "gray", (-1, 1)),
+            ("|error|", (pred - target).abs(), "magma", (0, 1))]
+    if confidence is not None:
+        cols.append(("confidence M", confidence, "viridis", (0, 1)))
+    return save_image_grid(path, cols)
+
+
+def save_image_grid(path: Path, cols: list[tuple[str, torch.Tensor, str, tuple[float, float]]],
+                    cell_inches: float = 2.2) -> Path:
+    """PNG with one row per sample and one column per ``(title, (B, 1, H, W) tensor, cmap, (lo, hi))``.
+
+    Shared by every method's training-time sample grids. Written atomically.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = [("source", source, "gray", (-1, 1)), ("prediction", pred, "gray", (-1, 1)), ("target", target, "gray", (-1, 1)),
-            ("|error|", (pred - target).abs(), "magma", (0, 1))]
-    if confidence is not None:
-        cols.append(("confidence M", confidence, "viridis", (0, 1)))
-    b = source.shape[0]
-    fig, axes = plt.subplots(b, len(cols), figsize=(2.2 * len(cols), 2.2 * b), squeeze=False)
+    b = cols[0][1].shape[0]
+    fig, axes = plt.subplots(b, len(cols), figsize=(cell_inches * len(cols), cell_inches * b), squeeze=False)
     for i in range(b):
         for j, (title, t, cmap, (lo, hi)) in enumerate(cols):
             ax = axes[i, j]
-            ax.imshow(np.rot90(t[i, 0].numpy()), cmap=cmap, vmin=lo, vmax=hi)
+            ax.imshow(np.rot90(t[i, 0].detach().float().cpu().numpy()), cmap=cmap, vmin=lo, vmax=hi)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:

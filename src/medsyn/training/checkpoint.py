@@ -18,7 +18,6 @@ elsewhere cannot execute code.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -32,20 +31,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from medsyn.io.image import file_sha256
 from medsyn.errors import CheckpointError, OutputError
 
 PREFIX = "step_"
 FILES = ("weights.safetensors", "state.pt")
 #: name given to a checkpoint found corrupt on resume (no longer listed, kept for inspection)
 CORRUPT_PREFIX = "corrupt-"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def flatten_weights(networks: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
@@ -93,7 +85,7 @@ def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor]
         save_file(weights, str(tmp / "weights.safetensors"))
         torch.save(state, tmp / "state.pt")
         manifest = {"step": step, "medsyn_version": version, **(extra or {}), "files": {
-            n: {"sha256": _sha256(tmp / n), "bytes": (tmp / n).stat().st_size} for n in FILES}}
+            n: {"sha256": file_sha256(tmp / n), "bytes": (tmp / n).stat().st_size} for n in FILES}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         for n in (*FILES, "manifest.json"):
             with open(tmp / n, "rb") as f:
@@ -183,7 +175,7 @@ def verify_checkpoint(path: Path) -> None:
         actual = f.stat().st_size
         if actual != size:
             raise CheckpointError(f"{f}: {actual} bytes, the manifest says {size} (truncated or corrupt)")
-        if _sha256(f) != digest:
+        if file_sha256(f) != digest:
             raise CheckpointError(f"{f}: checksum mismatch (corrupt)")
 
 
