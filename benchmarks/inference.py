@@ -10,7 +10,9 @@ Each method runs in its own subprocess so that its peak memory (``ru_maxrss``) i
 Methods:
 
 * ``medsyn``: :func:`medsyn.inference.sliding_window.predict_volume_25d` (stacks gathered batch
-  by batch, windows of several slices per batch).
+  by batch, windows of several slices per batch; on the CPU it hands the model channels-last
+  batches by default, as ``medsyn predict`` does — ``--medsyn-layout nchw`` turns that off to
+  measure the same memory layout as the others).
 * ``monai``: what a MONAI user writes for 2.5D: build the ``(Z, M·k, X, Y)`` stack tensor of the
   whole volume (replicated first/last slices) and call ``monai.inferers.sliding_window_inference``
   with the 2D ROI and ``sw_batch_size`` = our batch size.
@@ -56,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1,
                    help="rounds of all methods, interleaved (A B C A B C …); each method's fastest run is reported")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--medsyn-layout", choices=("auto", "nchw"), default="auto",
+                   help="medsyn's batches: auto (channels-last on CPU, medsyn's default) or plain NCHW")
     p.add_argument("--quick", action="store_true", help="small problem: 96×96×24, 64² windows")
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -155,6 +159,7 @@ def run_medsyn(model, volume, args, device, amp_dtype):
     return predict_volume_25d(
         model, volume, slice_axis=2, context=args.context, patch_size=tuple(args.patch), overlap=args.overlap,
         blend=args.blend, batch_size=args.batch, device=device, autocast_dtype=amp_dtype,
+        channels_last=None if args.medsyn_layout == "auto" else False,
     )
 
 
@@ -291,7 +296,7 @@ def main(argv=None) -> int:
     print(f"volume (M, X, Y, Z) = {tuple(first['shape'])}, k = {args.context}, windows {tuple(args.patch)}, "
           f"overlap {args.overlap}, {args.blend} blending, batch {args.batch}, {n_windows} windows")
     print(f"model: {first['model']} (base {args.base}), device {args.device}, amp {args.amp}, "
-          f"torch threads {first['threads']}, {os.cpu_count()} CPUs, "
+          f"torch threads {first['threads']}, {os.cpu_count()} CPUs, medsyn layout {args.medsyn_layout}, "
           f"1-min load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after (a shared machine slows "
           "small-batch runs most)")
     print()

@@ -77,7 +77,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--random-vgg", action="store_true",
                    help="no pretrained file: use a seeded random-weight VGG-19 (style/content of random features; "
                         "labelled as such in the table)")
-    p.add_argument("--lpips-weights", type=Path, help="LPIPS weights (the LPIPS column needs them)")
+    p.add_argument("--lpips-weights", type=Path,
+                   help="LPIPS v0.1 linear heads, e.g. lpips/weights/v0.1/alex.pth from the 'lpips' wheel "
+                        "(the LPIPS column needs them)")
+    p.add_argument("--lpips-backbone", type=Path,
+                   help="ImageNet trunk for LPIPS in torchvision's alexnet/vgg16 layout (.pth/.safetensors)")
+    p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"), help="LPIPS trunk")
     p.add_argument("--train", nargs="+", help="training subject ids (default: the config's split)")
     p.add_argument("--test", nargs="+", help="test subject ids (default: the config's split)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -175,28 +180,28 @@ def predict_one(run: Path, subjects: list[Any], out: Path) -> None:
 
 
 def slice_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, *, min_foreground: float = 0.1,
-                  lpips_weights: Path | None = None) -> dict[str, list[float]]:
+                  lpips_model: Any = None) -> dict[str, list[float]]:
     """Per axial slice (test image) of (X, Y, Z) volumes: SSIM, PSNR, MSE, VIF, UQI in ``ref``'s units.
 
     The data range is the subject's (max − min of ``ref`` inside ``mask``, one value for all its
     slices); slices whose foreground is below ``min_foreground`` × the largest are not test images.
+    With ``lpips_model`` (:func:`medsyn.metrics.load_lpips`), LPIPS too, inside the slice's mask.
     """
-    from medsyn.metrics import data_range_of, mse, psnr, ssim, uqi, vif
-    from medsyn.metrics.image import lpips
+    from medsyn.metrics import data_range_of, lpips, mse, psnr, ssim, uqi, vif
 
     dr = data_range_of(ref, mask)
     area = mask.sum(axis=(0, 1))
     keep = np.flatnonzero(area >= min_foreground * area.max())
     fns = {"ssim": ssim, "psnr": psnr, "mse": mse, "vif": vif, "uqi": uqi}
     out: dict[str, list[float]] = {m: [] for m in METRICS}
-    if lpips_weights is not None:
+    if lpips_model is not None:
         out["lpips"] = []
     for k in keep:
         p, r, m = pred[:, :, k], ref[:, :, k], mask[:, :, k]
         for name, fn in fns.items():
             out[name].append(float(fn(p, r, data_range=dr, mask=m)))
-        if lpips_weights is not None:
-            out["lpips"].append(float(lpips(p, r, data_range=dr, mask=m, weights=lpips_weights)))
+        if lpips_model is not None:
+            out["lpips"].append(float(lpips(p, r, data_range=dr, mask=m, model=lpips_model)))
     return out
 
 
@@ -211,7 +216,7 @@ def summarise(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 
 
 def score(pred_dir: Path, ref_root: Path, subjects: list[str], target: str, *, min_foreground: float,
-          lpips_weights: Path | None, pred_name: str | None = None) -> dict[str, list[float]]:
+          lpips_model: Any = None, pred_name: str | None = None) -> dict[str, list[float]]:
     """Per-image metrics of ``pred_dir/<subject>/<pred_name or target>.nii.gz`` against the reference."""
     from medsyn.data.dataset import discover
     from medsyn.data.masks import as_mask, compute_mask
@@ -227,7 +232,7 @@ def score(pred_dir: Path, ref_root: Path, subjects: list[str], target: str, *, m
         mname = next((n for n in MASK_NAMES if n in subj.files), None)
         mask = as_mask(read_image(subj.path(mname)).array) if mname else compute_mask(ref_v.array)
         per = slice_metrics(pred_v.array.astype(np.float64), ref_v.array.astype(np.float64), mask,
-                            min_foreground=min_foreground, lpips_weights=lpips_weights)
+                            min_foreground=min_foreground, lpips_model=lpips_model)
         for k, v in per.items():
             values.setdefault(k, []).extend(v)
     return values
@@ -331,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medsyn.errors import MedsynError
     from medsyn.inference.predict import collect_subjects
     from medsyn.methods import METHODS
-    from medsyn.metrics.image import lpips
+    from medsyn.metrics import load_lpips
 
     config = args.config or ROOT / TASKS[args.task][0]
     title = TASKS[args.task][1] if args.config is None else str(config)
@@ -341,9 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--vgg19-weights and --random-vgg exclude each other")
     vgg = args.vgg19_weights or (random_vgg_file(out / "vgg19_random_seed0.safetensors") if args.random_vgg else None)
     try:
-        if args.lpips_weights is not None:  # fail before hours of training, not after
-            z = np.zeros((48, 48))
-            lpips(z, z, data_range=1.0, weights=args.lpips_weights)
+        lpips_model = None
+        if args.lpips_weights is not None:  # read and checked before hours of training, not after
+            lpips_model = load_lpips(args.lpips_weights, args.lpips_backbone, net=args.lpips_net)
+        elif args.lpips_backbone is not None:
+            raise SystemExit("--lpips-backbone needs --lpips-weights (the linear heads) too")
         cfg = load_config(config, [f"params.vgg19_weights={vgg}"] if vgg else ["method=medgan-noVGG"])
         root = resolve_root(cfg.data.root)
         train, test = args.train, args.test
@@ -380,14 +387,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             subjects = collect_subjects([root / s for s in test], list(run_cfg.data.source))
             predict_one(run, subjects, pred_dir)
             values = score(pred_dir, root, test, run_cfg.data.target, min_foreground=args.min_foreground,
-                           lpips_weights=args.lpips_weights)
+                           lpips_model=lpips_model)
             results[name] = {"summary": summarise(values), "per_image": values, "run": str(run),
                              "train_seconds": secs or (results.get(src, {}).get("train_seconds") if src else None)}
             print(markdown_table([(LABELS.get(name, name), results[name]["summary"])], list(values)), flush=True)
         src_mod = list(cfg.data.source)
         if len(src_mod) == 1 and src_mod[0].startswith(cfg.data.target + "_"):  # restoration: score the input too
             values = score(root, root, test, cfg.data.target, min_foreground=args.min_foreground,
-                           lpips_weights=args.lpips_weights, pred_name=src_mod[0])
+                           lpips_model=lpips_model, pred_name=src_mod[0])
             results["input"] = {"summary": summarise(values), "per_image": values, "run": None, "train_seconds": None}
     except MedsynError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -403,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "small": args.small, "vgg": (str(args.vgg19_weights) if args.vgg19_weights else
                                           "random weights (seed 0), no pretrained file supplied" if args.random_vgg
                                           else "none (methods needing it fail)"),
-            "lpips": str(args.lpips_weights) if args.lpips_weights else None,
+            "lpips": (f"{args.lpips_net}: heads {args.lpips_weights}, trunk {args.lpips_backbone or args.lpips_weights}"
+                      if args.lpips_weights else None),
             "plot": str(plot) if plot else None,
             "command": "python scripts/reproduce_medgan.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     print(write_report(out, results, meta))

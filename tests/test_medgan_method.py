@@ -324,6 +324,17 @@ def test_train_without_vgg_weights_fails_before_training(cache, tmp_path, capsys
     assert not run.exists()  # no run folder: the method is built before anything is written
 
 
+def test_train_with_a_bad_vgg_file_leaves_no_run_folder(cache, tmp_path, capsys):
+    bad = tmp_path / "vgg19.pth"
+    torch.save({"features.0.weight": torch.zeros(3)}, bad)  # a state dict, but not VGG-19's
+    run = tmp_path / "run"
+    assert main(["train", str(ROOT / "configs/medgan_motion.yaml"), "--max-steps", "1", "--out", str(run),
+                 "--set", f"params.vgg19_weights={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert "vgg19.pth" in err and "not a VGG-19 state dict" in err and "Traceback" not in err
+    assert not run.exists()  # read before the run folder is written
+
+
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_vgg_weights_are_loaded_from_the_file(tmp_path, suffix):
     g = torch.Generator().manual_seed(7)

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medsyn.errors import MedsynError
+from medsyn.errors import ConfigError, MedsynError
 
 app = typer.Typer(
     name="medsyn",
@@ -144,13 +144,24 @@ def evaluate(
     out: Path = typer.Option(Path("metrics.json"), "--out", help="JSON output; a CSV is written beside it."),
     mask: str = typer.Option("auto", "--mask", help="Foreground: auto (brainmask/bodymask, else computed), or a file name such as brainmask or seg."),
     data_range: str = typer.Option("ref", "--data-range", help="'ref' (per-subject max-min of the reference in the mask) or a number (e.g. 4024 for CT HU)."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default mae,mse,psnr,ssim,ssim3d,uqi)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default mae,mse,psnr,ssim,ssim3d,uqi; also ms_ssim, vif, and lpips with weights)."),
+    lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="LPIPS v0.1 linear heads (.pth/.safetensors, e.g. lpips/weights/v0.1/alex.pth from the 'lpips' wheel); adds the lpips metric. Never downloaded."),
+    lpips_backbone: Optional[Path] = typer.Option(None, "--lpips-backbone", help="ImageNet trunk for LPIPS in torchvision's alexnet/vgg16 state-dict layout (not needed if --lpips-weights holds a whole lpips.LPIPS state dict)."),
+    lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS trunk the files are for: alex or vgg."),
 ) -> None:
     """Per-subject and summary metrics (MAE, PSNR, SSIM, ...) per region, with the data range and mask stated."""
     from medsyn.data.dataset import resolve_root
     from medsyn.metrics.evaluate import evaluate_predictions, write_results
 
-    res = evaluate_predictions(pred, resolve_root(str(ref)), modality, mask=mask, data_range=data_range, metrics=_split(metrics))
+    model = None
+    if lpips_weights is not None:
+        from medsyn.metrics.lpips import load_lpips
+
+        model = load_lpips(lpips_weights, lpips_backbone, net=lpips_net)
+    elif lpips_backbone is not None:
+        raise ConfigError("--lpips-backbone is given without --lpips-weights; LPIPS needs its linear heads too")
+    res = evaluate_predictions(pred, resolve_root(str(ref)), modality, mask=mask, data_range=data_range,
+                               metrics=_split(metrics), lpips_model=model)
     j, c = write_results(res, out)
     _print_summary(res)
     console.print(f"wrote {j} and {c}")

@@ -346,8 +346,18 @@ def run_model(
     batch: torch.Tensor,
     *,
     autocast_dtype: torch.dtype | None = None,
+    channels_last: bool | None = False,
 ) -> torch.Tensor:
-    """``model(batch)`` in inference mode (optionally under ``torch.autocast``), as float32."""
+    """``model(batch)`` in inference mode (optionally under ``torch.autocast``), as float32.
+
+    ``channels_last``: hand the batch to the model in channels-last memory order (same values;
+    oneDNN's convolutions run faster on it on CPU, see :func:`predict_volume_25d`); ``None``:
+    only for 2D batches (B, C, H, W) on the CPU.
+    """
+    if channels_last is None:
+        channels_last = batch.ndim == 4 and batch.device.type == "cpu"
+    if channels_last and batch.ndim in (4, 5):
+        batch = batch.contiguous(memory_format=torch.channels_last if batch.ndim == 4 else torch.channels_last_3d)
     ctx = torch.autocast(batch.device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     with torch.inference_mode(), ctx:
         out = model(batch)
@@ -395,6 +405,7 @@ def _sliding_window(
     pad_value,
     autocast_dtype: torch.dtype | None,
     progress: Progress | None,
+    channels_last: bool | None = None,
 ) -> torch.Tensor:
     """Shared loop: pad → for each batch of windows: gather, model, aggregate → crop."""
     if batch_size < 1:
@@ -409,7 +420,8 @@ def _sliding_window(
         model.eval()  # BatchNorm/Dropout in inference behaviour; restored below
     try:
         for locations in sampler.batches(batch_size):
-            prediction = run_model(model, gather(volume, locations), autocast_dtype=autocast_dtype)
+            prediction = run_model(model, gather(volume, locations), autocast_dtype=autocast_dtype,
+                                   channels_last=channels_last)
             aggregator.add(to_patch_shape(prediction), locations)
             done += len(locations)
             if progress is not None:
@@ -444,6 +456,7 @@ def predict_volume_25d(
     pad_value: float | Sequence[float] | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: Progress | None = None,
+    channels_last: bool | None = None,
 ) -> np.ndarray:
     """Predict a whole volume with a 2.5D (or, ``context=1``, 2D) slice-wise network.
 
@@ -471,6 +484,10 @@ def predict_volume_25d(
         autocast_dtype: e.g. ``torch.bfloat16``/``torch.float16`` to run the model under
             ``torch.autocast``; ``None`` runs in float32.
         progress: ``progress(done, total)`` called after each batch (windows done / total).
+        channels_last: give the model its batches in channels-last memory order (the values are
+            the same; outputs agree to float rounding). ``None`` (auto): on for 2D windows on the
+            CPU, where oneDNN's convolutions are 1.4–1.7× faster on it (UNet25D base 32, 144²,
+            2 threads: 40 vs 68 ms per window), off on CUDA (NCHW float32 is cuDNN's fast path).
 
     Returns:
         ``(C_out, X, Y, Z)`` float32 numpy array on the input grid.
@@ -500,6 +517,7 @@ def predict_volume_25d(
         pad_value=pad_value,
         autocast_dtype=autocast_dtype,
         progress=progress,
+        channels_last=channels_last,
     )
     # (C, S, A, B) back to (C, X, Y, Z)
     order = [0] * 4
@@ -521,6 +539,7 @@ def predict_volume_patches(
     pad_value: float | Sequence[float] | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: Progress | None = None,
+    channels_last: bool | None = None,
 ) -> np.ndarray:
     """Predict a whole image with an N-D patch network (3D patches on ``(C, X, Y, Z)``, 2D on ``(C, H, W)``).
 
@@ -530,8 +549,8 @@ def predict_volume_patches(
         model: ``(B, C, *patch_size) → (B, C_out, *patch_size)``.
         volume: ``(C, *spatial)`` array or tensor, normalised to the network's input range.
         patch_size: window per spatial axis (one int for all); larger than the image → padded.
-        overlap, stride, blend, batch_size, device, pad_value, autocast_dtype, progress:
-            as in :func:`predict_volume_25d`.
+        overlap, stride, blend, batch_size, device, pad_value, autocast_dtype, progress,
+        channels_last: as in :func:`predict_volume_25d` (auto: on for 2D patches on the CPU only).
 
     Returns:
         ``(C_out, *spatial)`` float32 numpy array.
@@ -554,5 +573,6 @@ def predict_volume_patches(
         pad_value=pad_value,
         autocast_dtype=autocast_dtype,
         progress=progress,
+        channels_last=channels_last,
     )
     return out.cpu().numpy()

@@ -64,6 +64,13 @@ class Method(nn.Module):
             if any(p.requires_grad for p in module.parameters()):
                 self._wrapped[name] = fn(name, module)
 
+    def before_training(self) -> None:
+        """Load what training needs and prediction does not (e.g. MedGAN's pre-trained VGG-19).
+
+        Called by the engine after :meth:`MethodSpec.build` and ``to(device)``, **before** the run
+        folder is written, so that a bad weights file fails the run without leaving a folder behind.
+        """
+
     def train_step(self, next_batch: Callable[[], Batch], step: int) -> dict[str, float | torch.Tensor]:
         """One update of every network; returns named scalars (``{"d1/wgan": ..., "g/l1": ...}``)."""
         raise NotImplementedError

@@ -158,7 +158,7 @@ class MedGANConfig:
         """ConfigError (how to supply the file) when the style/content losses are on and no VGG-19
         weights file is named. Called when the method is built — before training, before any run
         folder is written; not by ``validate``, so configs resolve (and ``medsyn predict`` works)
-        without the file. The file itself is read on the first training step."""
+        without the file. The file itself is read by ``MedGAN.before_training``, still before the run folder."""
         if self.needs_vgg and (self.vgg19_weights is None or str(self.vgg19_weights).strip() == ""):
             try:
                 require_vgg_weights(None, needed_by="style/content losses")
@@ -232,10 +232,15 @@ class MedGAN(Method):
         self._perc_from = 1 if hidden else 0  # D's feature list is [input, h_1, …, h_L]
         w = cfg.perceptual_weights
         self._pan_weights = (w if hidden else w[1:]) if w is not None else None
-        #: the frozen VGG-19, loaded on the first training step (prediction never needs the file)
+        #: the frozen VGG-19, loaded by :meth:`before_training` (prediction never needs the file)
         self.vgg: VGG19 | None = None
 
     # ------------------------------------------------------------------------------------------
+    def before_training(self) -> None:
+        """Read and check the VGG-19 file now, before the engine writes the run folder."""
+        if self.cfg.needs_vgg:
+            self._load_vgg()
+
     def _load_vgg(self) -> VGG19:
         if self.vgg is None:
             device = next(self.networks["G"].parameters()).device

@@ -16,7 +16,6 @@ from medsyn.metrics.image import (
     METRICS,
     MS_SSIM_BETAS,
     data_range_of,
-    lpips,
     mae,
     ms_ssim,
     ms_ssim_min_side,
@@ -28,6 +27,7 @@ from medsyn.metrics.image import (
     uqi,
     vif,
 )
+from medsyn.metrics.lpips import LPIPS, load_lpips, lpips, lpips_metric
 from medsyn.metrics.regions import evaluate_volume, region_masks, summarize
 
 __all__ = [
@@ -35,7 +35,10 @@ __all__ = [
     "MS_SSIM_BETAS",
     "data_range_of",
     "evaluate_volume",
+    "LPIPS",
+    "load_lpips",
     "lpips",
+    "lpips_metric",
     "mae",
     "ms_ssim",
     "ms_ssim_min_side",

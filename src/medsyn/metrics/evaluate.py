@@ -45,13 +45,30 @@ def _find_pred(pred_dir: Path, sid: str, modality: str) -> Path | None:
 
 def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, modality: str, *, mask: str = "auto",
                          data_range: str | float = "ref", metrics: list[str] | None = None,
-                         manifest: str | Path | None = None, label: str | None = "auto") -> dict[str, Any]:
+                         manifest: str | Path | None = None, label: str | None = "auto",
+                         lpips_model: Any = None) -> dict[str, Any]:
+    """Metrics of every prediction in ``pred_dir`` against ``ref_root`` (see the module doc).
+
+    ``lpips_model`` (a :class:`medsyn.metrics.lpips.LPIPS` loaded from the user's files) enables
+    the ``lpips`` metric, and adds it to ``metrics`` if it is not named there.
+    """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DatasetError(f"{pred_dir}: prediction folder not found")
     metrics = list(metrics or DEFAULT_METRICS)
+    extra = {}
+    if lpips_model is not None:
+        from medsyn.metrics.lpips import lpips_metric
+
+        extra["lpips"] = lpips_metric(lpips_model)
+        if "lpips" not in metrics:
+            metrics.append("lpips")
     for m in metrics:
-        METRICS.get(m, key="--metrics")
+        if m == "lpips" and lpips_model is None:
+            raise ConfigError("--metrics: 'lpips' needs pretrained weights that medsyn never downloads: give "
+                              "--lpips-weights LIN.pth and --lpips-backbone BACKBONE.pth (see medsyn evaluate --help)")
+        if m not in extra:
+            METRICS.get(m, key="--metrics")
     fixed_range = None
     if str(data_range) != "ref":
         try:
@@ -105,7 +122,8 @@ def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, modality: s
             raise DatasetError(f"{ref_v.path}: cannot take the data range inside the mask ({e}); "
                                "pass a fixed --data-range") from None
         ranges[sid] = float(dr)
-        per_subject[sid] = evaluate_volume(pred, ref, data_range=dr, regions=region_masks(fg, lab), metrics=metrics)
+        per_subject[sid] = evaluate_volume(pred, ref, data_range=dr, regions=region_masks(fg, lab), metrics=metrics,
+                                           extra=extra)
     settings = {
         "modality": modality, "prediction_dir": str(pred_dir), "reference": str(ref_ds.root),
         "data_range": "per-subject max-min of the reference inside the foreground" if fixed_range is None else fixed_range,
@@ -113,6 +131,11 @@ def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, modality: s
         "units": "the files' own units (HU for CT, MR scanner scale for MR)",
         "psnr_identical": "inf (no cap); summaries count finite values only and report n_inf",
     }
+    if lpips_model is not None:
+        settings["lpips"] = {
+            **getattr(lpips_model, "source", {"net": lpips_model.net}),
+            "input": "axial slices; ref min … ref min + data_range → [-1, 1], grey repeated to RGB",
+        }
     return {"subjects": per_subject, "summary": summarize(per_subject), "settings": settings}
 
 

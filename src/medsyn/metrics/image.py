@@ -42,13 +42,13 @@ Conventions shared by all metrics:
   slices (SSIM and MS-SSIM of two zero slices is 1, UQI of two flat patches is 0), so they mostly
   measure the background: pass the foreground mask to measure the brain.
 
-LPIPS needs pretrained backbone weights; medsyn never downloads any, see :func:`lpips`.
+LPIPS needs pretrained weights the user supplies (medsyn never downloads any), so it is not in
+:data:`METRICS`: see :mod:`medsyn.metrics.lpips`.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -628,38 +628,6 @@ def multi_region(fn: MetricFn) -> Callable[..., list[float]]:
         return [fn(pred, ref, data_range=data_range, mask=m) for m in masks]
 
     return loop
-
-
-# --------------------------------------------------------------------------------------------
-# LPIPS: only with weights the user supplies
-
-
-def lpips(
-    pred: np.ndarray,
-    ref: np.ndarray,
-    *,
-    data_range: float,
-    mask: Optional[np.ndarray] = None,
-    weights: Optional[str | Path] = None,
-) -> float:
-    """Learned perceptual similarity (LPIPS) — a placeholder, not registered in :data:`METRICS`.
-
-    LPIPS needs a pretrained backbone (AlexNet/VGG) and linear-layer weights. medsyn never
-    downloads weights and does not depend on torchvision, so this metric will only run from a
-    weights file the user supplies. It is not implemented yet.
-
-    Raises:
-        ConfigError: always; says which weights are needed.
-    """
-    if weights is None:
-        raise ConfigError(
-            "metric 'lpips' needs pretrained backbone + linear-layer weights supplied by you "
-            "(medsyn never downloads weights); LPIPS is not available without them"
-        )
-    raise ConfigError(
-        f"metric 'lpips': weights {str(weights)!r} given, but LPIPS from user-supplied weights is "
-        "not implemented yet; use the registered metrics: " + ", ".join(METRICS.names())
-    )
 
 
 # --------------------------------------------------------------------------------------------

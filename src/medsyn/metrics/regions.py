@@ -19,7 +19,7 @@ empty region; :func:`summarize` pools subjects and skips NaN.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Optional
 
 import numpy as np
@@ -79,6 +79,7 @@ def evaluate_volume(
     data_range: float,
     regions: Mapping[str, Optional[np.ndarray]],
     metrics: Sequence[str],
+    extra: Optional[Mapping[str, Callable[..., float]]] = None,
 ) -> dict[str, dict[str, float]]:
     """Every metric in every region of one subject.
 
@@ -88,7 +89,9 @@ def evaluate_volume(
             of the reference inside the foreground — one range per subject for all regions).
         regions: name → boolean mask of the image's shape (``None`` = the whole image), e.g.
             from :func:`region_masks`.
-        metrics: names registered in :data:`~medsyn.metrics.METRICS`.
+        metrics: names registered in :data:`~medsyn.metrics.METRICS`, or keys of ``extra``.
+        extra: metrics that need more than the arrays, by name, in the same signature — e.g.
+            ``{"lpips": medsyn.metrics.lpips.lpips_metric(model)}`` with user-supplied weights.
 
     Returns:
         ``{region: {metric: value}}`` in the given orders; NaN where a region is empty.
@@ -98,7 +101,8 @@ def evaluate_volume(
     Raises:
         ConfigError: an unknown metric name (the message lists the known ones).
     """
-    fns = {name: METRICS.get(name, key="metrics") for name in metrics}
+    extra = extra or {}
+    fns = {name: extra[name] if name in extra else METRICS.get(name, key="metrics") for name in metrics}
     p = np.asarray(pred, dtype=np.float64)  # convert once for all metrics
     r = np.asarray(ref, dtype=np.float64)
     names = list(regions)

@@ -27,16 +27,20 @@ ImageNet weights were trained with.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from medsyn.errors import ConfigError
+from medsyn.models.weights import check_weights_path, load_exact, read_state_dict
 
 #: torchvision ``cfgs["E"]``: conv widths, "M" = 2×2 max-pool.
 VGG19_CONFIG: tuple = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
                        512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+
+#: torchvision ``cfgs["D"]`` (VGG-16: 13 convolutions), the backbone of LPIPS-VGG.
+VGG16_CONFIG: tuple = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 #: V_j of MedGAN Sec. 2.3: the first layer of each of the 5 convolutional blocks (post-ReLU).
 MEDGAN_VGG_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -47,11 +51,25 @@ MEDGAN_CONTENT_WEIGHTS: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 0.0)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 _HOW_TO_SUPPLY = ("supply ImageNet VGG-19 weights with --set params.vgg19_weights=PATH "
                   "(torchvision vgg19 state-dict layout, keys features.0.weight …, .pth or .safetensors); "
                   "medsyn never downloads weights")
+
+
+def vgg_features(config: Sequence[int | str]) -> nn.Sequential:
+    """torchvision's ``vgg*().features`` for a configuration (e.g. :data:`VGG19_CONFIG`, or
+    :data:`VGG16_CONFIG` for LPIPS): 3×3 convolutions (padding 1) each followed by a ReLU, "M" a
+    2×2 max-pool; the module indices, and so the state-dict keys, are torchvision's."""
+    mods: list[nn.Module] = []
+    cin = 3
+    for v in config:
+        if v == "M":
+            mods.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            mods += [nn.Conv2d(cin, int(v), kernel_size=3, padding=1), nn.ReLU(inplace=False)]
+            cin = int(v)
+    return nn.Sequential(*mods)
 
 
 def layer_names() -> list[str]:
@@ -87,15 +105,7 @@ class VGG19(nn.Module):
         if unknown or not layers:
             raise ConfigError(f"VGG-19 layers: unknown {unknown or 'empty list'}; known: {', '.join(LAYER_INDEX)}")
         self.layers = tuple(layers)
-        mods: list[nn.Module] = []
-        cin = 3
-        for v in VGG19_CONFIG:
-            if v == "M":
-                mods.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                mods += [nn.Conv2d(cin, v, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
-                cin = v
-        self.features = nn.Sequential(*mods)
+        self.features = vgg_features(VGG19_CONFIG)
         # not persistent: the state dict stays exactly torchvision's ``features.*`` keys
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -139,14 +149,7 @@ def require_vgg_weights(path: str | Path | None, needed_by: str = "style/content
     if path is None or str(path).strip() == "":
         raise ConfigError(f"params.vgg19_weights is not set, but the {needed_by} need a pre-trained VGG-19 "
                           f"(MedGAN Sec. 2.5): {_HOW_TO_SUPPLY}")
-    p = Path(path).expanduser()
-    if not p.is_file():
-        what = "is a folder" if p.is_dir() else "not found"
-        raise ConfigError(f"params.vgg19_weights: {p}: {what}; the {needed_by} need it: {_HOW_TO_SUPPLY}")
-    if not p.name.lower().endswith(WEIGHT_SUFFIXES):
-        raise ConfigError(f"params.vgg19_weights: {p}: unsupported file type; expected one of "
-                          f"{', '.join(WEIGHT_SUFFIXES)} ({_HOW_TO_SUPPLY})")
-    return p
+    return check_weights_path(path, key="params.vgg19_weights", how=_HOW_TO_SUPPLY, needed_by=needed_by)
 
 
 def read_vgg19_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -157,27 +160,8 @@ def read_vgg19_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     missing, unreadable or not a state dict.
     """
     p = require_vgg_weights(path)
-    try:
-        if p.name.lower().endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            sd = load_file(str(p), device="cpu")
-        else:
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt zip/pickle, refused pickle globals, SafetensorError …
-        raise _unreadable(p, e) from None
-    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-        sd = sd["state_dict"]
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ConfigError(f"params.vgg19_weights: {p}: not a state dict of tensors (found {type(sd).__name__}); "
-                          f"{_HOW_TO_SUPPLY}")
+    sd = read_state_dict(p, key="params.vgg19_weights", how=_HOW_TO_SUPPLY, needed_by="style/content losses")
     return {k: v for k, v in sd.items() if k.startswith("features.")}
-
-
-def _unreadable(p: Path, e: BaseException) -> ConfigError:
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return ConfigError(f"params.vgg19_weights: {p}: cannot read weights ({msg[:200]}); the file may be truncated "
-                       f"or not a weights file; {_HOW_TO_SUPPLY}")
 
 
 def load_vgg19_weights(path: str | Path, layers: Sequence[str] = MEDGAN_VGG_LAYERS) -> VGG19:
@@ -189,31 +173,7 @@ def load_vgg19_weights(path: str | Path, layers: Sequence[str] = MEDGAN_VGG_LAYE
     p = Path(path).expanduser() if path is not None else None
     sd = read_vgg19_state_dict(p)
     model = VGG19(layers)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd), key=_key_order)
-    unexpected = sorted(set(sd) - set(expected), key=_key_order)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_few(unexpected)}")
-        raise ConfigError(f"params.vgg19_weights: {p}: not a VGG-19 state dict: {'; '.join(parts)} "
-                          f"(expected torchvision's vgg19 layout features.0.weight … features.34.bias)")
-    for k, v in expected.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise ConfigError(f"params.vgg19_weights: {p}: {k} has shape {tuple(sd[k].shape)}, expected "
-                              f"{tuple(v.shape)} (is it VGG-19, not VGG-16 or a batch-norm variant?)")
-    model.load_state_dict({k: t.to(torch.float32) for k, t in sd.items()}, strict=True)
+    load_exact(model, sd, key="params.vgg19_weights", path=p, name="VGG-19",
+               layout="torchvision's vgg19 layout features.0.weight … features.34.bias",
+               shape_hint="is it VGG-19, not VGG-16 or a batch-norm variant?")
     return model
-
-
-def _key_order(k: str) -> tuple:
-    parts = k.split(".")
-    return tuple(int(x) if x.isdigit() else 0 for x in parts[1:2]) + (k,)
-
-
-def _few(keys: Iterable[str], n: int = 4) -> str:
-    keys = list(keys)
-    s = ", ".join(keys[:n])
-    return s + (f" … ({len(keys)} in all)" if len(keys) > n else "")

@@ -248,6 +248,7 @@ class Trainer:
         self.method: Method = self.spec.build(params, in_channels=n_src * k, out_channels=1,
                                               patch_size=tuple(d.patch_size))
         self.method.to(self.device)
+        self.method.before_training()  # e.g. MedGAN's VGG-19 file: fail before the run folder exists
         amp = cfg.train.amp and self.device.type == "cuda"
         if cfg.train.amp and not amp:
             self._log("train.amp: bf16 autocast is for CUDA; training in float32 on the CPU")
