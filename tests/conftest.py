@@ -25,6 +25,19 @@ settings.register_profile("ci", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile("ci")
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    tiny networks run as fast on one, torchrun gives each process one, and the test does not fight
+    other processes for the cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 SAMPLE_GLI = "BraTS-GLI-00000-000"
 SAMPLE_MET = "BraTS-MET-00110-000"
 

@@ -40,13 +40,7 @@ TINY = ["--set", "method=nie-unet", "--set", "params.base_filters=4", "--set", "
 KNOWN_UNCLEAN: dict[str, str] = {}  # cases known to escape cleanly-erroring; none now
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tests are dominated by tiny tensor ops: one thread avoids oversubscribing shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

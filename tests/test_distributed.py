@@ -36,13 +36,7 @@ from medsyn.training.distributed import SINGLE, DistContext, init_from_env
 from medsyn.training.engine import BatchFeed
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """torchrun gives each process one thread; the single-process reference runs the same way."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -37,13 +37,7 @@ ALL_NAMES = ["medgan", "medgan-noVGG", "medgan-1g", "medgan-cgan", "medgan-perce
              "pix2pix", "pan", "id-cgan", "fila-sgan", *[f"pix2pix-casnet-{n}" for n in range(1, 8)]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks: one thread is as fast and does not fight other processes for the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsyn.data.sampling import NormalizedCase
+from medsyn.data.sampling import NormalizedCase, draw_centre
 
 
 class PatchSampler3D:
@@ -41,12 +41,7 @@ class PatchSampler3D:
                 "shape": c.mask.shape, "pad": [p[0] for p in pad]}
 
     def _centre(self, c: dict[str, Any]) -> tuple[int, ...]:
-        u = self.rng.random()
-        if c["lab"].shape[0] and u < self.lab_frac:
-            return tuple(c["lab"][self.rng.integers(c["lab"].shape[0])])
-        if c["fg"].shape[0] and u < self.lab_frac + (1 - self.lab_frac) * self.fg_frac:
-            return tuple(c["fg"][self.rng.integers(c["fg"].shape[0])])
-        return tuple(int(self.rng.integers(s)) for s in c["shape"])
+        return draw_centre(self.rng, c["lab"], c["fg"], c["shape"], self.lab_frac, self.fg_frac)
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c = self._cases[int(self.rng.integers(len(self._cases)))]

@@ -205,6 +205,21 @@ def _source_record(files: dict[str, Path]) -> dict[str, Any]:
     return {m: {"path": str(p.resolve()), "sha256": file_sha256(p)} for m, p in files.items()}
 
 
+def _write_pair(v: Volume, corrupted: np.ndarray, source: str, target: str, src_dir: Path, d: Path,
+                size: int | None, spacing: float | None) -> dict[str, Any]:
+    """Write a restoration pair (``<source>`` = the corrupted image, ``<target>`` = the clean one) and
+    the subject's labels/masks into ``d``: as volumes in ``v``'s geometry (``size`` None), or as
+    ``size``² slices (:func:`write_slice_grid`). Returns the record's outputs/carried entries."""
+    rec: dict[str, Any] = {}
+    if size is None:
+        write_like(v, corrupted, d / f"{source}.nii.gz")
+        write_like(v, v.array, d / f"{target}.nii.gz", dtype=_clean_dtype(v))
+        carried = _carry_labels(src_dir, d)
+    else:
+        carried, rec = write_slice_grid(v, {source: corrupted, target: v.array}, src_dir, d, size, spacing)
+    return {"outputs": {"source": f"{source}.nii.gz", "target": f"{target}.nii.gz"}, "carried": carried, **rec}
+
+
 def _carry_labels(folder: Path, dest: Path) -> list[str]:
     carried = []
     for name in CARRIED_NAMES:
@@ -293,18 +308,9 @@ def prepare_motion(src_root: str | Path, out_root: str | Path, modality: str = "
             v = read_image(files[modality])
             arr, drawn = apply_motion(v, s_seed, degrees, translation, num_transforms, ghosting,
                                       tuple(num_ghosts), tuple(ghost_intensity))
-            d = tmp / sid
-            rec: dict[str, Any] = {}
-            if size is None:
-                write_like(v, arr, d / f"{modality}_motion.nii.gz")
-                write_like(v, v.array, d / f"{modality}.nii.gz", dtype=_clean_dtype(v))
-                carried = _carry_labels(files[modality].parent, d)
-            else:
-                carried, rec = write_slice_grid(v, {f"{modality}_motion": arr, modality: v.array},
-                                                files[modality].parent, d, size, spacing)
             records.append({"id": sid, "seed": s_seed, "inputs": _source_record(files), "drawn": drawn,
-                            "outputs": {"source": f"{modality}_motion.nii.gz", "target": f"{modality}.nii.gz"},
-                            "carried": carried, **rec})
+                            **_write_pair(v, arr, f"{modality}_motion", modality, files[modality].parent,
+                                          tmp / sid, size, spacing)})
         _write_manifest(tmp, "motion", seed, params, src, ([f"{modality}_motion"], modality), records)
     return out
 
@@ -383,18 +389,9 @@ def prepare_denoise(src_root: str | Path, out_root: str | Path, modality: str = 
             s_seed = subject_seed(seed, sid)
             v = read_image(files[modality])
             noisy, info = add_noise(v.array, np.random.default_rng(s_seed), noise, level)
-            d = tmp / sid
-            rec: dict[str, Any] = {}
-            if size is None:
-                write_like(v, noisy, d / f"{modality}_noisy.nii.gz")
-                write_like(v, v.array, d / f"{modality}.nii.gz", dtype=_clean_dtype(v))
-                carried = _carry_labels(files[modality].parent, d)
-            else:
-                carried, rec = write_slice_grid(v, {f"{modality}_noisy": noisy, modality: v.array},
-                                                files[modality].parent, d, size, spacing)
             records.append({"id": sid, "seed": s_seed, "inputs": _source_record(files), "drawn": info,
-                            "outputs": {"source": f"{modality}_noisy.nii.gz", "target": f"{modality}.nii.gz"},
-                            "carried": carried, **rec})
+                            **_write_pair(v, noisy, f"{modality}_noisy", modality, files[modality].parent,
+                                          tmp / sid, size, spacing)})
         _write_manifest(tmp, "denoise", seed, params, src, ([f"{modality}_noisy"], modality), records)
     return out
 

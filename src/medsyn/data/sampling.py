@@ -25,6 +25,22 @@ import torch
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
+def draw_centre(rng: np.random.Generator, label_points: np.ndarray, fg_points: np.ndarray,
+                shape: tuple[int, ...], lab_frac: float, fg_frac: float) -> tuple[int, ...]:
+    """A patch centre: a labelled voxel with probability ``lab_frac`` (when there are any), else a
+    foreground voxel with probability ``fg_frac``, else any voxel of ``shape``, uniformly.
+
+    ``label_points``/``fg_points`` are ``np.argwhere`` outputs (n, ndim). One draw of ``rng``
+    decides the kind, one more picks the voxel (one per axis for a uniform voxel).
+    """
+    u = rng.random()
+    if label_points.shape[0] and u < lab_frac:
+        return tuple(label_points[rng.integers(label_points.shape[0])])
+    if fg_points.shape[0] and u < lab_frac + (1 - lab_frac) * fg_frac:
+        return tuple(fg_points[rng.integers(fg_points.shape[0])])
+    return tuple(int(rng.integers(s)) for s in shape)
+
+
 @dataclass
 class NormalizedCase:
     """A case in network range, on its canonical grid.
@@ -117,12 +133,7 @@ class PatchSampler25D:
 
     # ------------------------------------------------------------------------------------------
     def _centre(self, c: dict[str, Any]) -> tuple[int, int, int]:
-        u = self.rng.random()
-        if c["lab"].shape[0] and u < self.lab_frac:
-            return tuple(c["lab"][self.rng.integers(c["lab"].shape[0])])
-        if c["fg"].shape[0] and u < self.lab_frac + (1 - self.lab_frac) * self.fg_frac:
-            return tuple(c["fg"][self.rng.integers(c["fg"].shape[0])])
-        return tuple(int(self.rng.integers(s)) for s in c["shape"])
+        return draw_centre(self.rng, c["lab"], c["fg"], c["shape"], self.lab_frac, self.fg_frac)
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """This rank's next sample ``(x, y, m)`` (a global batch of one sample per rank)."""
