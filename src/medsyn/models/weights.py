@@ -31,7 +31,7 @@ def check_weights_path(path: str | Path, *, key: str, how: str, needed_by: str) 
     p = Path(path).expanduser()
     if not p.is_file():
         what = "is a folder" if p.is_dir() else "not found"
-        raise ConfigError(f"{key}: {p}: {what}; the {needed_by} need it: {how}")
+        raise ConfigError(f"{key}: {p}: {what}; needed by the {needed_by}: {how}")
     if not p.name.lower().endswith(WEIGHT_SUFFIXES):
         raise ConfigError(f"{key}: {p}: unsupported file type; expected one of {', '.join(WEIGHT_SUFFIXES)} ({how})")
     return p
