@@ -149,3 +149,16 @@ def test_train_command_runs_the_pipeline_and_resumes(capsys, tmp_path):
     assert rc == 0, err
     state = json.loads((out / "pipeline.json").read_text())
     assert all(s["step"] == 2 for s in state["stages"].values())
+
+
+def test_every_stage_writes_its_preview_grid(capsys, tmp_path):
+    data = make_qu_dataset(tmp_path / "data")
+    sets = [x for k, v in TINY_PARAMS.items() for x in ("--set", f"params.{k}={json.dumps(v)}")]
+    sets += ["--set", f"data.root={data}", "--set", "data.test_fraction=0", "--set", "train.sample_every=1",
+             "--set", "train.device=cpu"]
+    out = tmp_path / "run"
+    rc, stdout, err = cli(capsys, "train", "configs/qu_brats.yaml", *sets, "--max-steps", 1, "--out", out)
+    assert rc == 0, err
+    for stage in ("structure", "assist", "generation", "segmenter"):
+        pngs = sorted((out / "stages" / stage / "samples").glob("step_*.png"))
+        assert pngs and all(p.stat().st_size > 1000 for p in pngs), stage

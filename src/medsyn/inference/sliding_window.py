@@ -487,7 +487,7 @@ def predict_volume_25d(
         channels_last: give the model its batches in channels-last memory order (the values are
             the same; outputs agree to float rounding). ``None`` (auto): on for 2D windows on the
             CPU, where oneDNN's convolutions are 1.4–1.7× faster on it (UNet25D base 32, 144²,
-            2 threads: 40 vs 68 ms per window), off on CUDA (NCHW float32 is cuDNN's fast path).
+            2 threads: 40 vs 68 ms per window), off on CUDA (not measured there).
 
     Returns:
         ``(C_out, X, Y, Z)`` float32 numpy array on the input grid.

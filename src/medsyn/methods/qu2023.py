@@ -287,6 +287,23 @@ class _QuStage(Method):
     def _params(self, *names: str) -> list[nn.Parameter]:
         return [p for n in names for p in self.networks[n].parameters()]
 
+    @torch.no_grad()
+    def save_samples(self, path: Path, preview: Batch) -> Path:
+        """The engine's preview grid: :meth:`_preview_columns` of the preview batch, in eval mode
+        (the mode is restored afterwards), one row per sample."""
+        was = self.training
+        self.eval()
+        dev = next(self.parameters()).device
+        try:
+            batch = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in preview.items()}
+            return _save_grid(path, self._preview_columns(batch))
+        finally:
+            self.train(was)
+
+    def _preview_columns(self, preview: Batch) -> list[tuple[str, torch.Tensor]]:
+        """Named (B, 1, H, W) maps in [0, 1] for the preview grid, from the batch on the device."""
+        raise NotImplementedError
+
     # ---------------------------------------------------------------- Sec. 2.4 (assist)
     def _assist(self, b: Batch, out: dict[str, torch.Tensor], *, real_d_terms: bool
                 ) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor], torch.Tensor]:
@@ -397,19 +414,14 @@ class QuStructure(_QuStage):
         out["mask/mae"] = (mask_r.detach() - mask).abs().mean()
         return out
 
-    @torch.no_grad()
-    def save_samples(self, path: Path, preview: Batch) -> Path:
-        was = self.training
-        self.eval()
-        dev = next(self.parameters()).device
-        f = preview["f"].to(dev)
+    def _preview_columns(self, preview: Batch) -> list[tuple[str, torch.Tensor]]:
+        f = preview["f"]
         mean, _ = self.networks["EC_f"](f)
         f_r = self.networks["DC_f"](mean)
         f_g = self.networks["DC_f"](torch.randn_like(mean))
         cols = [("f", f), ("f_r", f_r), ("mask_r", self.networks["MASK"](f)), ("f_g", f_g),
                 ("mask_g", self.networks["MASK"](f_g))]
-        self.train(was)
-        return _save_grid(path, cols)
+        return cols
 
 
 class QuAssist(_QuStage):
@@ -440,17 +452,12 @@ class QuAssist(_QuStage):
         out["d/total"], out["g/total"] = loss_d.detach(), loss_g.detach()
         return out
 
-    @torch.no_grad()
-    def save_samples(self, path: Path, preview: Batch) -> Path:
-        was = self.training
-        self.eval()
-        dev = next(self.parameters()).device
-        x = preview["image"].to(dev)
+    def _preview_columns(self, preview: Batch) -> list[tuple[str, torch.Tensor]]:
+        x = preview["image"]
         code = self.networks["EC"](x[:, :1])
         cols = [(f"x_{m}", x[:, i:i + 1]) for i, m in enumerate(self.cfg.modalities)]
         cols += [(f"{self.cfg.modalities[0]}→{m}", self.networks["DC"](code, i)) for i, m in enumerate(self.cfg.modalities)]
-        self.train(was)
-        return _save_grid(path, cols)
+        return cols
 
 
 class QuGeneration(_QuStage):
@@ -527,17 +534,12 @@ class QuGeneration(_QuStage):
         out["d/total"], out["g/total"] = loss_d.detach(), loss_g.detach()
         return out
 
-    @torch.no_grad()
-    def save_samples(self, path: Path, preview: Batch) -> Path:
-        was = self.training
-        self.eval()
-        dev = next(self.parameters()).device
-        f, label = preview["f"].to(dev), preview["label_random"].to(dev)
+    def _preview_columns(self, preview: Batch) -> list[tuple[str, torch.Tensor]]:
+        f, label = preview["f"], preview["label_random"]
         _, x_g = self.generate(f, label)
         cols = [("f", f), ("label", label.float() / max(1, self.cfg.n_classes - 1))]
         cols += [(f"x_g {m}", x_g[i]) for i, m in enumerate(self.cfg.modalities)]
-        self.train(was)
-        return _save_grid(path, cols)
+        return cols
 
 
 class QuSegmenter(_QuStage):
@@ -553,17 +555,12 @@ class QuSegmenter(_QuStage):
         loss = segmenter_step(self.net("S"), self.optimizers["S"], b["image"], b["label"], self.cfg)
         return {f"seg/{self.cfg.seg_loss}": loss}
 
-    @torch.no_grad()
-    def save_samples(self, path: Path, preview: Batch) -> Path:
-        was = self.training
-        self.eval()
-        dev = next(self.parameters()).device
-        x = preview["image"].to(dev)
+    def _preview_columns(self, preview: Batch) -> list[tuple[str, torch.Tensor]]:
+        x = preview["image"]
         pred = self.networks["S"](x).argmax(1, keepdim=True).float()
         k = max(1, self.cfg.n_classes - 1)
         cols = [(self.cfg.modalities[0], x[:, :1]), ("label", preview["label"].float() / k), ("prediction", pred / k)]
-        self.train(was)
-        return _save_grid(path, cols)
+        return cols
 
 
 def _save_grid(path: Path, cols: list[tuple[str, torch.Tensor]]) -> Path:
