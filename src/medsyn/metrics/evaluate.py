@@ -133,7 +133,7 @@ def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, modality: s
     }
     if lpips_model is not None:
         settings["lpips"] = {
-            **getattr(lpips_model, "source", {"net": lpips_model.net}),
+            **lpips_model.source,
             "input": "axial slices; ref min … ref min + data_range → [-1, 1], grey repeated to RGB",
         }
     return {"subjects": per_subject, "summary": summarize(per_subject), "settings": settings}

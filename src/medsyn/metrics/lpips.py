@@ -52,7 +52,7 @@ from medsyn.errors import ConfigError
 from medsyn.io.image import file_sha256
 from medsyn.metrics.image import _as_stack, _check, _check_range, _empty, _need_side
 from medsyn.models.vgg import VGG16_CONFIG, vgg_features
-from medsyn.models.weights import check_weights_path, few, load_exact, read_state_dict
+from medsyn.models.weights import few, load_exact, read_state_dict
 from medsyn.registry import Registry
 
 #: the ``lpips`` package's ScalingLayer (v0.1): (x − shift) / scale per RGB channel.
@@ -115,6 +115,8 @@ class LPIPS(nn.Module):
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in self.spec.channels)
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
+        #: provenance (net, weight files and their sha256), filled by :func:`load_lpips`
+        self.source: dict[str, str] = {"net": net}
         self.requires_grad_(False)
         self.eval()
 
@@ -179,8 +181,8 @@ def load_lpips(weights: str | Path, backbone: str | Path | None = None, net: str
     spec = model.spec
     if weights is None or str(weights).strip() == "":
         raise ConfigError(f"metric 'lpips' needs weights: {_HOW}")
-    wpath = check_weights_path(weights, key="--lpips-weights", how=_HOW, needed_by="LPIPS metric")
-    sd = read_state_dict(wpath, key="--lpips-weights", how=_HOW, needed_by="LPIPS metric")
+    wpath = Path(weights).expanduser()
+    sd = read_state_dict(wpath, key="--lpips-weights", how=_HOW, needed_by="LPIPS metric")  # checks the path too
     lins: dict[str, torch.Tensor] = {}
     trunk: dict[str, torch.Tensor] = {}
     names: dict[str, str] = {}  # our key → the file's
@@ -202,7 +204,7 @@ def load_lpips(weights: str | Path, backbone: str | Path | None = None, net: str
                                            f"with {', '.join(map(str, spec.channels))} channels",
                shape_hint=f"heads for another trunk? --lpips-net is {net!r}", file_keys=names)
     if backbone is not None and str(backbone).strip() != "":
-        bpath = check_weights_path(backbone, key="--lpips-backbone", how=_HOW, needed_by="LPIPS metric")
+        bpath = Path(backbone).expanduser()
         trunk = {k: v for k, v in read_state_dict(bpath, key="--lpips-backbone", how=_HOW,
                                                   needed_by="LPIPS metric").items() if k.startswith("features.")}
         source, key, names = bpath, "--lpips-backbone", {}
