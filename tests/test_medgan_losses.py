@@ -172,9 +172,11 @@ def test_losses_with_real_networks():
     g = (torch.rand(2, 1, 32, 32) * 2 - 1).requires_grad_(True)
     _, ff = d(g, y, return_features=True)
     _, fr = d(x, y, return_features=True)
-    # layer 0 of the real discriminator = concat(y, ·): half the pixel MAE for 1-channel images
+    # layer 0 of the discriminator = concat(y, ·): over the whole input, half the pixel MAE for
+    # 1-channel images — which is why MedGAN.train_step passes only its image channels (D_0 of Eq. 6)
     p0 = perceptual_terms(ff, fr)[0]
     assert torch.allclose(p0, 0.5 * (g - x).abs().flatten(1).mean(1))
+    assert torch.allclose(perceptual_terms([ff[0][:, 1:]], [fr[0][:, 1:]])[0], (g - x).abs().flatten(1).mean(1))
     _, fx = d(x, y, return_features=True)
     assert perceptual_loss(fx, fr) == 0
     per = perceptual_loss(ff, [f.detach() for f in fr])

@@ -34,7 +34,7 @@ from medsyn.training import checkpoint as ckpt
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(depth=5, base_channels=4, d_base_channels=4)  # 32×32 inputs, 4-filter networks
 ALL_NAMES = ["medgan", "medgan-noVGG", "medgan-1g", "medgan-cgan", "medgan-perceptual", "medgan-style-content",
-             "pix2pix", "pan", "id-cgan", "fila-sgan", *[f"pix2pix-casnet-{n}" for n in range(1, 8)]]
+             "pix2pix", "pix2pix-70", "pan", "id-cgan", "fila-sgan", *[f"pix2pix-casnet-{n}" for n in range(1, 8)]]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -107,7 +107,10 @@ def test_paper_hyperparameters_and_variants():
     p = lambda name: METHODS.get(name).make_params({"vgg19_weights": "x.pth"})  # noqa: E731
     assert p("medgan-1g").n_blocks == p("medgan-cgan").n_blocks == p("pan").n_blocks == 1
     assert p("medgan-noVGG").n_blocks == 6 and not p("medgan-noVGG").needs_vgg
-    assert receptive_field(p("pix2pix").d_layers) == 70 and p("pix2pix").lambda_l1 == 100
+    # Sec. 3.2.2: the baselines share MedGAN's patch discriminator; Isola et al.'s 70×70 one is pix2pix-70
+    assert receptive_field(p("pix2pix").d_layers) == 16 and p("pix2pix").lambda_l1 == 100
+    assert receptive_field(p("pix2pix-70").d_layers) == 70 and p("pix2pix-70").lambda_l1 == 100
+    assert all(receptive_field(p(n).d_layers) == 16 for n in ("pan", "id-cgan", "fila-sgan", "pix2pix-casnet-6"))
     assert [p(f"pix2pix-casnet-{n}").n_blocks for n in range(1, 8)] == list(range(1, 8))
     cfg = load_config(ROOT / "configs/medgan_t1_t2.yaml", ["params.vgg19_weights=x.pth"])
     assert cfg.train.batch_size == 1 and cfg.train.epochs == 200 and cfg.data.patch_size == [256, 256]
@@ -182,7 +185,8 @@ def test_generator_and_discriminator_losses_match_the_equations(vgg_file):
             if isinstance(mod, _SpectralNorm):
                 mod.train()
         cgan = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-        perceptual = sum((a - b_).abs().mean() for a, b_ in zip(ff, fr))  # Eq. 6–7, λ_pi = 1, i = 0 … 2
+        # Eq. 6–7, λ_pi = 1, i = 0 … 2; D_0 = the image G(y) or x (not the source channels of D's input)
+        perceptual = (fake - x).abs().mean() + sum((a - b_).abs().mean() for a, b_ in zip(ff[1:], fr[1:]))
         vf, vx = vgg(fake), vgg(x)
 
         def gram(v):
@@ -229,8 +233,12 @@ def test_each_variant_optimises_its_published_objective(name, terms, vgg_file):
     no_updates(m)
     b = pair(2)
     out = m.train_step(lambda: b, 1)
-    logged = {k for k in out if k.startswith("g/") and k not in ("g/total", "g/mae_batch")}
+    logged = {k for k in out if k.startswith("g/") and k not in ("g/total", "g/mae_batch")
+              and not k.startswith("g/weighted/")}
     assert logged == terms
+    # every term is also logged as it enters L_G: g/weighted/<term> = λ · term (Eq. 12)
+    assert {k for k in out if k.startswith("g/weighted/")} == {"g/weighted/" + k[2:] for k in terms}
+    assert sum(float(out["g/weighted/" + k[2:]]) for k in terms) == pytest.approx(float(out["g/total"]), rel=1e-5)
     assert float(out["g/total"]) == pytest.approx(_weighted_total(m.cfg, out), rel=1e-5)
     assert ("d/pan_margin" in out) == (name == "pan")
     assert all(math.isfinite(float(v)) for v in out.values())
@@ -498,3 +506,15 @@ def test_reproduction_script_groups_metrics_and_table(tmp_path):
     assert "±" in table.splitlines()[2]
     png = rep.depth_plot({1: s, 2: s}, tmp_path / "d.png", rep.METRICS)
     assert png.stat().st_size > 1000
+
+
+def test_perceptual_layer0_is_the_image_not_the_source(vgg_file):
+    """Eq. 6's D_0 is the image: the identical source channels of D's input concat(y, x) must not
+    dilute the pixel term. With D's hidden layers weighted 0, L_perceptual = mean|G(y) − x|."""
+    m = build("medgan-perceptual", vgg_file, perceptual_weights=[1.0, 0.0, 0.0])  # input + 2 hidden maps
+    no_updates(m)
+    b = pair(2)
+    with torch.no_grad():
+        fake = m.networks["G"](b["source"])
+    out = m.train_step(lambda: b, 1)
+    assert float(out["g/perceptual"]) == pytest.approx(float((fake - b["target"]).abs().mean()), rel=1e-4)

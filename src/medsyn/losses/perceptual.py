@@ -18,9 +18,10 @@ Total generator objective (Eq. 12, Algorithm 1 line 8):
 
     L_MedGAN = L_cGAN + λ1 L_perceptual + λ2 L_style + λ3 L_content,  λ1 = 20, λ2 = λ3 = 1e-4
 
-Note on layer 0: the discriminator reads concat(y, x), so P_0 averages |G(y) - x| over the
-image channels *and* the identical source channels: P_0 = C_x / (C_y + C_x) · mean|G(y) - x|,
-half the pixel MAE for one-channel images (Eq. 6 with d_0 the input depth, taken literally).
+Note on layer 0: the discriminator reads concat(y, x). Its source channels are identical for
+G(y) and x, so averaging over the whole input would give P_0 = C_x / (C_y + C_x) · mean|G(y) - x|
+(half the pixel MAE for one source). Eq. 6 means the image: callers pass D_0 = the image channels
+only (``MedGAN._perceptual_features``), so P_0 = mean|G(y) - x|.
 
 PAN (Wang et al. 2018) trains its discriminator to keep the perceptual distance of the hidden
 layers above a positive margin m: L_D = L_cGAN,D + [m - L_P]^+ (:func:`pan_discriminator_loss`).

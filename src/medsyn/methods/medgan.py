@@ -8,7 +8,7 @@ V: a frozen VGG-19 (user-supplied ImageNet weights) for the style and content lo
 Notation as in the paper: y = source image, x = target image, G(y) = translated image.
 
     L_cGAN (G)   = −log D(G(y), y)                                        Alg. 1 line 4
-    L_perceptual = Σ_i λ_pi · mean|D_i(G(y), y) − D_i(x, y)|, i = 0 (input) … L   Eq. 6–7
+    L_perceptual = Σ_i λ_pi · mean|D_i(G(y), y) − D_i(x, y)|, i = 0 (image) … L   Eq. 6–7
     L_style      = Σ_j λ_sj / (4 d_j²) · ||Gr_j(G(y)) − Gr_j(x)||_F²             Eq. 9–10
     L_content    = Σ_j λ_cj / (h_j w_j d_j) · ||V_j(G(y)) − V_j(x)||_F²          Eq. 11
     L_MedGAN     = L_cGAN + λ1 L_perceptual + λ2 L_style + λ3 L_content           Eq. 12
@@ -230,6 +230,7 @@ class MedGAN(Method):
         self.loss_weights = MedGANLossWeights(cfg.lambda_perceptual, cfg.lambda_style, cfg.lambda_content)
         hidden = cfg.perceptual_layers == "hidden"
         self._perc_from = 1 if hidden else 0  # D's feature list is [input, h_1, …, h_L]
+        self._image_channels = out_channels  # D's input is concat(y, x): the image is the last channels
         w = cfg.perceptual_weights
         self._pan_weights = (w if hidden else w[1:]) if w is not None else None
         #: the frozen VGG-19, loaded by :meth:`before_training` (prediction never needs the file)
@@ -246,6 +247,15 @@ class MedGAN(Method):
             device = next(self.networks["G"].parameters()).device
             self.vgg = load_vgg19_weights(self.cfg.vgg19_weights, layers=tuple(self.cfg.vgg_layers)).to(device)
         return self.vgg
+
+    def _perceptual_features(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """D_i of Eq. 6 for i = 0 (MedGAN) or 1 (PAN) … L, in float32. Layer 0 is the *image* part of
+        D's input concat(y, x): the source channels are the same for G(y) and x, and averaging them in
+        would scale the pixel term by C_x / (C_y + C_x) (½ for one source) — Eq. 6's D_0 is the image."""
+        out = [f.float() for f in feats[self._perc_from:]]
+        if self._perc_from == 0:
+            out[0] = out[0][:, -self._image_channels:]
+        return out
 
     def _d_loss_inputs(self, D: nn.Module, x: torch.Tensor, fake: torch.Tensor, y: torch.Tensor):
         """D's logits and features on (x, y) and (G(y), y); one forward, so one power iteration
@@ -272,8 +282,7 @@ class MedGAN(Method):
         # Alg. 1 lines 3–9: N_G generator updates on the pair (x_l, y_l), D held fixed
         with fixed(D):
             with torch.no_grad(), rt.autocast():  # what does not depend on G: computed once per step
-                feats_real = ([f.float() for f in D(x, y, return_features=True)[1]]
-                              if cfg.lambda_perceptual > 0 else None)
+                feats_real = (D(x, y, return_features=True)[1] if cfg.lambda_perceptual > 0 else None)
                 if cfg.needs_vgg:
                     vgg = self._load_vgg()
                     v_real = [f.float() for f in vgg(x)]
@@ -284,9 +293,10 @@ class MedGAN(Method):
                     logits, feats_fake = D(fake, y, return_features=True)
                 fake = fake.float()
                 terms = {"g/cgan": gan_bce(logits.float(), True)}  # −log D(G(y), y), Alg. 1 line 4 (non-saturating)
-                if feats_real is not None:  # Eq. 6–7 on D's features [input (i = 0), h_1, …, h_L]
-                    terms["g/perceptual"] = perceptual_loss([f.float() for f in feats_fake[self._perc_from:]],
-                                                            feats_real[self._perc_from:], cfg.perceptual_weights)
+                if feats_real is not None:  # Eq. 6–7 on D's features [image (i = 0), h_1, …, h_L]
+                    terms["g/perceptual"] = perceptual_loss(self._perceptual_features(feats_fake),
+                                                            self._perceptual_features(feats_real),
+                                                            cfg.perceptual_weights)
                 if cfg.needs_vgg:
                     with rt.autocast():
                         v_fake = [f.float() for f in vgg(fake)]
@@ -313,6 +323,11 @@ class MedGAN(Method):
                 loss_g.backward()
                 self.optimizers["G"].step()  # Alg. 1 line 8
                 terms["g/total"] = loss_g
+                # each term as it enters L_G (λ · term), so a log shows which terms matter (Eq. 12)
+                lam = {"g/cgan": cfg.lambda_cgan, "g/perceptual": cfg.lambda_perceptual, "g/style": cfg.lambda_style,
+                       "g/content": cfg.lambda_content, "g/l1": cfg.lambda_l1, "g/l2": cfg.lambda_l2,
+                       "g/tv": cfg.lambda_tv}
+                terms.update({f"g/weighted/{k[2:]}": lam[k] * terms[k] for k in lam if k in terms})
                 for k, v in terms.items():  # logged: the mean over the N_G updates
                     sums[k] = sums.get(k, 0.0) + v.detach()
         out = {k: v / cfg.n_g for k, v in sums.items()}
@@ -376,7 +391,9 @@ def _spec(name: str, summary: str, **defaults) -> MethodSpec:
 
 _NO_VGG = dict(lambda_style=0.0, lambda_content=0.0)
 _ONE_BLOCK = dict(n_blocks=1)  # Sec. 3.2.1–3.2.2: ablations and baselines use a single U-block
-_PIX2PIX = dict(n_blocks=1, d_layers=PIX2PIX_N_LAYERS, lambda_perceptual=0.0, lambda_l1=PIX2PIX_LAMBDA_L1, **_NO_VGG)
+# Sec. 3.2.2: every baseline is "a single U-block + patch discriminator" with MedGAN's settings, so
+# pix2pix gets MedGAN's 16×16 D too; Isola et al.'s own 70×70 D is the variant pix2pix-70.
+_PIX2PIX = dict(n_blocks=1, lambda_perceptual=0.0, lambda_l1=PIX2PIX_LAMBDA_L1, **_NO_VGG)
 
 _spec("medgan", "MedGAN: CasNet (6 U-blocks) + 16×16 spectral-norm PatchGAN; L_cGAN + 20 L_perceptual + "
       "1e-4 (L_style + L_content); 3 G updates per D update (needs VGG-19 weights: params.vgg19_weights)")
@@ -391,7 +408,10 @@ _spec("medgan-perceptual", "Table I ablation 'Perceptual': single U-block, L_cGA
 _spec("medgan-style-content", "Table I ablation 'Style-content': single U-block, L_cGAN + 1e-4 (L_style + "
       "L_content) (needs VGG-19 weights)", lambda_perceptual=0.0, **_ONE_BLOCK)
 # Table II (baselines, Sec. 3.2.2): one U-block, MedGAN's training settings
-_spec("pix2pix", "pix2pix baseline: U-net (one U-block) + 70×70 PatchGAN, L_cGAN + 100 L1", **_PIX2PIX)
+_spec("pix2pix", "pix2pix baseline (Table II): U-net (one U-block) + MedGAN's 16×16 PatchGAN, L_cGAN + 100 L1",
+      **_PIX2PIX)
+_spec("pix2pix-70", "pix2pix with Isola et al.'s own 70×70 PatchGAN (one U-block, L_cGAN + 100 L1)",
+      **{**_PIX2PIX, "d_layers": PIX2PIX_N_LAYERS})
 _spec("pan", "PAN baseline: one U-block, L_cGAN + 20 × perceptual loss on D's hidden layers (no pixel term); "
       f"D keeps that distance above a margin m = {PAN_MARGIN:g}", n_blocks=1, perceptual_layers="hidden",
       pan_margin=PAN_MARGIN, **_NO_VGG)
