@@ -5,6 +5,9 @@ mean over elements (so its scale does not depend on patch size or batch size). W
 is the weighted form used by the difficulty-aware attention loss (Eq. 7, see
 :mod:`medsyn.losses.attention`).
 
+``gradient_difference_loss`` is the image gradient difference loss (GDL) of Mathieu et al. 2016,
+used by Nie et al. 2017's sGAN ([15] of Nie et al. 2018) to keep edges sharp.
+
 Tensors are (B, C, H, W) (or any layout, as long as ``pred`` and ``target`` have the same shape),
 intensities in the normalised convention of the data (about [-1, 1]).
 """
@@ -74,3 +77,26 @@ def lp_loss(
     mask = mask.expand(err.shape)
     count = mask.sum().clamp_min(1)
     return torch.where(mask, err, torch.zeros_like(err)).sum() / count
+
+
+def gradient_difference_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
+    """L_GDL = mean | |∂_h Y| − |∂_h G(X)| |^α + mean | |∂_w Y| − |∂_w G(X)| |^α  (Mathieu et al. 2016,
+    Eq. 5; Nie et al. 2017, the sGAN baseline [15] of Nie et al. 2018, with α = 2).
+
+    ∂ are forward differences between neighbouring pixels along H and W of (B, C, H, W) tensors
+    (along D too for (B, C, D, H, W)); each term is a mean over its differences, so the scale does
+    not depend on patch or batch size. Returns a scalar tensor (0 for identical images).
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+    if pred.dim() < 4:
+        raise ValueError(f"gradient_difference_loss expects (B, C, H, W) or (B, C, D, H, W), got {tuple(pred.shape)}")
+    total = pred.new_zeros(())
+    for axis in range(2, pred.dim()):
+        n = pred.shape[axis]
+        if n < 2:
+            continue
+        d_pred = pred.narrow(axis, 1, n - 1) - pred.narrow(axis, 0, n - 1)
+        d_true = target.narrow(axis, 1, n - 1) - target.narrow(axis, 0, n - 1)
+        total = total + (d_true.abs() - d_pred.abs()).abs().pow(alpha).mean()
+    return total

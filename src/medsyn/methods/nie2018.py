@@ -3,7 +3,8 @@ Synthesis", MICCAI 2018 (papers/000; 002 is a later write-up of the same method)
 
 G: a 2.5D UNet (5 adjacent source slices → the target's centre slice, Sec. 2.2, 2.5).
 D1: global CNN critic trained as a WGAN-GP (Eq. 2), G's term Eq. 3.
-D2: local dense FCN giving a per-pixel confidence map M ∈ [0, 1], summed BCE (Eq. 4–6).
+D2: local dense FCN giving a per-pixel confidence map M ∈ [0, 1], BCE (Eq. 4–6; the paper sums it over
+    pixels, the default here averages it — ``bce_reduction``, docs/nie2018.md).
 Attention: L_AttG = (1 − M)^β ⊙ |Y − G(X)|^p (Eq. 7–8), M from D2 on G(X), detached.
 L_G = L_AttG + λ1·L_G_ADV1 + λ2·L_ADV2 (Eq. 9).
 Training (Sec. 2.3, 2.5): Adam, lr G 5e-3, D1 1e-4, D2 1e-3, ×0.5 (G) and ×0.2 (D1, D2) every 2
@@ -25,7 +26,7 @@ from torch import nn
 from medsyn.errors import ConfigError
 from medsyn.losses.adversarial import d2_loss, bce_map_loss, gradient_penalty, wgan_critic_loss, wgan_generator_loss
 from medsyn.losses.attention import attention_loss
-from medsyn.losses.reconstruction import lp_loss
+from medsyn.losses.reconstruction import gradient_difference_loss, lp_loss
 from medsyn.methods.base import Batch, Method, MethodSpec, frozen, register
 from medsyn.models.discriminators.nie import GlobalDiscriminator, LocalDiscriminator
 from medsyn.models.generators.unet25d import UNet25D
@@ -40,7 +41,7 @@ class NieConfig:
     # --- generator G (Sec. 2.2, 2.5) ---
     generator: Literal["unet", "fcn"] = "unet"  # fcn = the FCN baseline: no skip connections
     base_filters: int = 64  # (choice) paper: "a typical UNet" → Ronneberger's 64
-    depth: int = 3  # (choice) pooling levels, as in the first author's public 2.5D code
+    depth: int = 3  # (choice) pooling levels: 144² → 18², as D1 (the author's code has 4; docs/nie2018.md)
     g_norm: Literal["batch", "instance", "none"] = "batch"
     final_activation: Literal["tanh", "none"] = "tanh"  # targets are scaled to [-1, 1]
     # --- discriminators (Sec. 2.3, 2.5) ---
@@ -58,6 +59,9 @@ class NieConfig:
     lambda_gp: float = 10.0  # WGAN-GP λ, Eq. 2 (Gulrajani et al.)
     lambda1: float = 0.05  # λ1, global adversarial term, Sec. 2.5
     lambda2: float = 0.1  # λ2, local adversarial term, Sec. 2.5
+    # gradient difference loss (Mathieu et al.), part of the sGAN baseline [15] (Nie et al. 2017: λ_GDL = 1);
+    # 0 = off (the 2018 method has none)
+    lambda_gdl: float = 0.0
     bce_reduction: Literal["mean", "sum"] = "mean"  # (choice) Eq. 5 sums over pixels
     # --- optimisation (Sec. 2.5) ---
     lr_g: float = 5e-3
@@ -72,6 +76,8 @@ class NieConfig:
     def validate(self, prefix: str = "params") -> None:
         if self.p not in (1, 2):
             raise ConfigError(f"config key '{prefix}.p': got {self.p}, allowed values: 1, 2")
+        if self.lambda_gdl < 0:
+            raise ConfigError(f"config key '{prefix}.lambda_gdl': got {self.lambda_gdl}, expected ≥ 0 (0 switches it off)")
         if self.beta < 0:
             raise ConfigError(f"config key '{prefix}.beta': got {self.beta}, expected ≥ 0")
         if self.attention and not self.use_d2:
@@ -180,6 +186,10 @@ class NieDualGAN(Method):
                 rec = lp_loss(fake, y, p=cfg.p)  # Eq. 1
                 out["g/l%d" % cfg.p] = rec.detach()
             loss_g = loss_g + rec
+            if cfg.lambda_gdl > 0:  # sGAN [15]: sharper edges through matching image gradients
+                gdl = gradient_difference_loss(fake, y)
+                loss_g = loss_g + cfg.lambda_gdl * gdl
+                out["g/gdl"] = gdl.detach()
             if cfg.use_d1:
                 with rt.autocast():
                     d_fake = self.net("D1")(self._d_input(x, fake)).float()
@@ -221,8 +231,8 @@ _BASE = dict(use_d1=False, use_d2=False, attention=False)
 _spec("nie-fcn", "FCN baseline: fully convolutional generator without skip connections, L1 only (Table 1)",
       generator="fcn", **_BASE)
 _spec("nie-unet", "UNet baseline: 2.5D UNet, L1 only (Table 1)", **_BASE)
-_spec("nie-sgan", "sGAN baseline: UNet + one global CNN discriminator with the classical BCE loss (Table 1, [15])",
-      use_d1=True, use_d2=False, attention=False, d1_loss="bce")
+_spec("nie-sgan", "sGAN baseline: UNet + one global CNN discriminator with the classical BCE loss + gradient "
+      "difference loss (Table 1, [15])", use_d1=True, use_d2=False, attention=False, d1_loss="bce", lambda_gdl=1.0)
 _spec("nie-sgan1", "sGAN-1 ablation: UNet + global WGAN-GP critic D1 only, plain L1 (Sec. 3.1)",
       use_d1=True, use_d2=False, attention=False)
 _spec("nie-sgan2", "sGAN-2 ablation: UNet + local dense-FCN discriminator D2 only, plain L1 (Sec. 3.1)",

@@ -13,7 +13,8 @@ carry no weight matrix and are not spectrally normalised.
 
 Inputs are target-modality images (B, C, H, W) normalised to about [-1, 1]: C = 1 for the target
 alone, as in the paper's equations (D1(Y), D2(G(X))), or 1 + source channels for a conditioned
-discriminator (target channels first, then the source slab).
+discriminator (the source slab first, then the target channel: ``cat([x, y], 1)`` in
+``NieDualGAN._d_input``, and the gradient penalty's ``condition_first=True``).
 """
 
 from __future__ import annotations
