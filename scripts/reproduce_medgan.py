@@ -53,8 +53,12 @@ LABELS = {"pix2pix": "pix2pix", "pan": "PAN", "id-cgan": "ID-CGAN", "fila-sgan":
           "input": "input, uncorrected (reference row)"}
 #: runs that are the same configuration under two names (trained once)
 SAME_AS = {"pix2pix-casnet-1": "pix2pix"}
-METRICS = ("ssim", "psnr", "mse", "vif", "uqi")
-HEADERS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "mse": "MSE", "vif": "VIF", "uqi": "UQI", "lpips": "LPIPS"}
+METRICS = ("ssim", "psnr", "mse", "vif", "uqi", "psnr8", "mse8")
+#: UQI windows: Wang & Bovik's own 8×8 sliding uniform window (the index MedGAN cites; the default
+#: here) or torchmetrics' 11×11 Gaussian (medsyn evaluate's ``uqi``); every table names its window
+UQI_WINDOWS = {"wang-bovik-8": ("uqi_wb", "UQI (8×8 uniform)"), "gaussian-11": ("uqi", "UQI (11×11 Gaussian)")}
+HEADERS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "mse": "MSE", "vif": "VIF", "uqi": UQI_WINDOWS["wang-bovik-8"][1],
+           "psnr8": "PSNR 8-bit (dB)", "mse8": "MSE 8-bit", "lpips": "LPIPS"}
 #: the CPU preset: whole 2 mm sample slices (72×~90) in 96×96 inputs, 16-filter networks
 SMALL = ["params.base_channels=16", "params.d_base_channels=16", "params.depth=5", "data.patch_size=[96,96]"]
 #: the bundled sample: train on one subject, test on the other (the GLI case has flipped axes and a tumour)
@@ -87,6 +91,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test", nargs="+", help="test subject ids (default: the config's split)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every method (repeatable)")
+    p.add_argument("--uqi-window", choices=sorted(UQI_WINDOWS), default="wang-bovik-8",
+                   help="UQI window: Wang & Bovik's 8×8 uniform (cited by MedGAN) or an 11×11 Gaussian")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-foreground", type=float, default=0.1,
@@ -179,20 +185,29 @@ def predict_one(run: Path, subjects: list[Any], out: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+def to_8bit(img: np.ndarray, lo: float, data_range: float) -> np.ndarray:
+    """An image as an 8-bit picture of it: [lo, lo + data_range] → {0, …, 255}, clipped and rounded
+    (how the paper's 8-bit test images hold intensities; MSE/PSNR on it sit next to Table II)."""
+    return np.clip(np.rint((img - lo) / data_range * 255.0), 0, 255)
+
+
 def slice_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, *, min_foreground: float = 0.1,
-                  lpips_model: Any = None) -> dict[str, list[float]]:
-    """Per axial slice (test image) of (X, Y, Z) volumes: SSIM, PSNR, MSE, VIF, UQI in ``ref``'s units.
+                  lpips_model: Any = None, uqi_window: str = "wang-bovik-8") -> dict[str, list[float]]:
+    """Per axial slice (test image) of (X, Y, Z) volumes: SSIM, PSNR, MSE, VIF, UQI in ``ref``'s units,
+    and MSE/PSNR on the 8-bit scale (``psnr8``, ``mse8``: :func:`to_8bit`, data range 255).
 
     The data range is the subject's (max − min of ``ref`` inside ``mask``, one value for all its
     slices); slices whose foreground is below ``min_foreground`` × the largest are not test images.
-    With ``lpips_model`` (:func:`medsyn.metrics.load_lpips`), LPIPS too, inside the slice's mask.
+    UQI uses ``uqi_window`` (a key of :data:`UQI_WINDOWS`). With ``lpips_model``
+    (:func:`medsyn.metrics.load_lpips`), LPIPS too, inside the slice's mask.
     """
-    from medsyn.metrics import data_range_of, lpips, mse, psnr, ssim, uqi, vif
+    from medsyn.metrics import METRICS as ALL, data_range_of, lpips, mse, psnr, ssim, vif
 
     dr = data_range_of(ref, mask)
+    lo = float(ref[mask].min()) if mask.any() else float(ref.min())
     area = mask.sum(axis=(0, 1))
     keep = np.flatnonzero(area >= min_foreground * area.max())
-    fns = {"ssim": ssim, "psnr": psnr, "mse": mse, "vif": vif, "uqi": uqi}
+    fns = {"ssim": ssim, "psnr": psnr, "mse": mse, "vif": vif, "uqi": ALL.get(UQI_WINDOWS[uqi_window][0])}
     out: dict[str, list[float]] = {m: [] for m in METRICS}
     if lpips_model is not None:
         out["lpips"] = []
@@ -200,6 +215,9 @@ def slice_metrics(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, *, min_fo
         p, r, m = pred[:, :, k], ref[:, :, k], mask[:, :, k]
         for name, fn in fns.items():
             out[name].append(float(fn(p, r, data_range=dr, mask=m)))
+        p8, r8 = to_8bit(p, lo, dr), to_8bit(r, lo, dr)
+        out["psnr8"].append(float(psnr(p8, r8, data_range=255.0, mask=m)))
+        out["mse8"].append(float(mse(p8, r8, data_range=255.0, mask=m)))
         if lpips_model is not None:
             out["lpips"].append(float(lpips(p, r, data_range=dr, mask=m, model=lpips_model)))
     return out
@@ -216,7 +234,8 @@ def summarise(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 
 
 def score(pred_dir: Path, ref_root: Path, subjects: list[str], target: str, *, min_foreground: float,
-          lpips_model: Any = None, pred_name: str | None = None) -> dict[str, list[float]]:
+          lpips_model: Any = None, pred_name: str | None = None, uqi_window: str = "wang-bovik-8",
+          ) -> dict[str, list[float]]:
     """Per-image metrics of ``pred_dir/<subject>/<pred_name or target>.nii.gz`` against the reference."""
     from medsyn.data.dataset import discover
     from medsyn.data.masks import as_mask, compute_mask
@@ -232,7 +251,7 @@ def score(pred_dir: Path, ref_root: Path, subjects: list[str], target: str, *, m
         mname = next((n for n in MASK_NAMES if n in subj.files), None)
         mask = as_mask(read_image(subj.path(mname)).array) if mname else compute_mask(ref_v.array)
         per = slice_metrics(pred_v.array.astype(np.float64), ref_v.array.astype(np.float64), mask,
-                            min_foreground=min_foreground, lpips_model=lpips_model)
+                            min_foreground=min_foreground, lpips_model=lpips_model, uqi_window=uqi_window)
         for k, v in per.items():
             values.setdefault(k, []).extend(v)
     return values
@@ -297,7 +316,9 @@ def write_report(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> st
              + (f", CPU preset ({' '.join(SMALL)})" if meta.get("small") else "") + ".", "",
              f"VGG-19: {meta['vgg']}. LPIPS: {meta['lpips'] or 'not computed (needs --lpips-weights)'}.", "",
              "Metrics: mean ± std over test images, in the target's units inside the reference's foreground "
-             "(data range = max − min of each test subject's reference there).", ""]
+             "(data range = max − min of each test subject's reference there). "
+             f"UQI window: {meta.get('uqi_window', 'wang-bovik-8')}. PSNR/MSE 8-bit: the same images mapped to "
+             "0–255 by that range and rounded, as 8-bit test images (Table II's scale).", ""]
 
     def block(title: str, names: list[str]) -> None:
         rows = [(LABELS.get(n, n), summ[n]) for n in names if n in summ]
@@ -326,6 +347,7 @@ def write_report(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> st
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    HEADERS["uqi"] = UQI_WINDOWS[args.uqi_window][1]  # every table names the UQI window it used
     sys.path.insert(0, str(ROOT / "src"))
     if args.threads:
         import torch
@@ -387,14 +409,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             subjects = collect_subjects([root / s for s in test], list(run_cfg.data.source))
             predict_one(run, subjects, pred_dir)
             values = score(pred_dir, root, test, run_cfg.data.target, min_foreground=args.min_foreground,
-                           lpips_model=lpips_model)
+                           lpips_model=lpips_model, uqi_window=args.uqi_window)
             results[name] = {"summary": summarise(values), "per_image": values, "run": str(run),
                              "train_seconds": secs or (results.get(src, {}).get("train_seconds") if src else None)}
             print(markdown_table([(LABELS.get(name, name), results[name]["summary"])], list(values)), flush=True)
         src_mod = list(cfg.data.source)
         if len(src_mod) == 1 and src_mod[0].startswith(cfg.data.target + "_"):  # restoration: score the input too
             values = score(root, root, test, cfg.data.target, min_foreground=args.min_foreground,
-                           lpips_model=lpips_model, pred_name=src_mod[0])
+                           lpips_model=lpips_model, pred_name=src_mod[0], uqi_window=args.uqi_window)
             results["input"] = {"summary": summarise(values), "per_image": values, "run": None, "train_seconds": None}
     except MedsynError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -407,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {"task": args.task, "task_title": title, "config": str(config), "data_root": str(cfg.data.root),
             "source": ",".join(cfg.data.source), "target": cfg.data.target, "train": list(train or []),
             "test": list(test), "n_images": n_images, "budget": budget, "seed": args.seed, "device": args.device,
-            "small": args.small, "vgg": (str(args.vgg19_weights) if args.vgg19_weights else
+            "small": args.small, "uqi_window": args.uqi_window, "vgg": (str(args.vgg19_weights) if args.vgg19_weights else
                                           "random weights (seed 0), no pretrained file supplied" if args.random_vgg
                                           else "none (methods needing it fail)"),
             "lpips": (f"{args.lpips_net}: heads {args.lpips_weights}, trunk {args.lpips_backbone or args.lpips_weights}"

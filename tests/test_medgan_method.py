@@ -502,7 +502,13 @@ def test_reproduction_script_groups_metrics_and_table(tmp_path):
     s = rep.summarise(noisy)
     assert s["mse"]["n"] == 3 and 20 < s["mse"]["mean"] < 30 and s["ssim"]["mean"] < 1
     table = rep.markdown_table([("MedGAN", s)], rep.METRICS)
-    assert table.splitlines()[0] == "| Method | SSIM | PSNR (dB) | MSE | VIF | UQI |"
+    assert table.splitlines()[0] == ("| Method | SSIM | PSNR (dB) | MSE | VIF | UQI (8×8 uniform) | PSNR 8-bit (dB) "
+                                     "| MSE 8-bit |")
+    # 8-bit scale: noise of σ = 5 in a range of ~100 → σ ≈ 12.75 grey levels, MSE8 ≈ 163 (+ rounding)
+    assert 120 < s["mse8"]["mean"] < 210 and s["psnr8"]["mean"] == pytest.approx(
+        np.mean([10 * np.log10(255**2 / v) for v in noisy["mse8"]]), rel=1e-6)
+    gauss = rep.slice_metrics(ref + rng.normal(0, 5, ref.shape), ref, mask, uqi_window="gaussian-11")
+    assert abs(np.mean(gauss["uqi"]) - s["uqi"]["mean"]) > 1e-4  # the two windows give different values
     assert "±" in table.splitlines()[2]
     png = rep.depth_plot({1: s, 2: s}, tmp_path / "d.png", rep.METRICS)
     assert png.stat().st_size > 1000

@@ -25,6 +25,7 @@ from medsyn.metrics.image import (
     ssim,
     ssim3d,
     uqi,
+    uqi_wb,
     vif,
 )
 from medsyn.metrics.lpips import LPIPS, load_lpips, lpips, lpips_metric
@@ -50,5 +51,6 @@ __all__ = [
     "ssim3d",
     "summarize",
     "uqi",
+    "uqi_wb",
     "vif",
 ]

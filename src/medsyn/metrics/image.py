@@ -17,7 +17,11 @@ mse       mean squared error (image units²)      over the masked voxels
 psnr      10·log10(data_range² / MSE) in dB      MSE over the masked voxels
 ssim      2D SSIM map per axial slice            map averaged over masked voxels (interior)
 ssim3d    3D SSIM map on the volume              map averaged over masked voxels (interior)
-uqi       2D UQI map per axial slice             map averaged over masked voxels (interior)
+uqi       2D UQI map per axial slice, 11×11      map averaged over masked voxels (interior)
+          Gaussian window (torchmetrics)
+uqi_wb    2D UQI per axial slice, Wang & Bovik's map averaged over windows whose centre pixel
+          8×8 sliding uniform window (cited by   is masked
+          MedGAN; their ``img_qi.m``)
 ms_ssim   2D MS-SSIM per axial slice             mask's in-plane bounding box, slices weighted
                                                  by their number of masked voxels
 vif       2D pixel VIF, pooled over slices       mask's in-plane bounding box, slices that hold
@@ -437,6 +441,73 @@ def _uqi_many(pred, ref, *, data_range=None, masks):
     return [_masked_mean(values, interior, _reshape_mask(m)) for m in masks]
 
 
+#: Wang & Bovik 2002's sliding window: 8×8, uniform (their reference code ``img_qi.m``, block size 8)
+UQI_WB_BLOCK = 8
+
+
+def _box_sums(a: np.ndarray, n: int) -> np.ndarray:
+    """Sums over every n×n in-plane window of a (X, Y, Z) stack ('valid': (X−n+1, Y−n+1, Z))."""
+    c = np.zeros((a.shape[0] + 1, a.shape[1] + 1, a.shape[2]), dtype=np.float64)
+    c[1:, 1:] = a.cumsum(axis=0).cumsum(axis=1)
+    return c[n:, n:] - c[:-n, n:] - c[n:, :-n] + c[:-n, :-n]
+
+
+def _uqi_wb_map(p: np.ndarray, r: np.ndarray, n: int = UQI_WB_BLOCK) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Wang & Bovik's quality map of a (X, Y, Z) stack, window by window, with their special cases:
+    both windows flat with equal means (σ's and μ's differences 0) → 1; both flat with other means →
+    2·μp·μr / (μp² + μr²); all-zero windows → 1 (their map starts at ones). The value of the window
+    whose top-left voxel is (i, j) belongs to voxel (i + n/2 − 1, j + n/2 − 1) — MATLAB's centre of
+    an even kernel — which is how a mask selects windows."""
+    N = float(n * n)
+    sp, sr = _box_sums(p, n), _box_sums(r, n)
+    spp, srr, spr = _box_sums(p * p, n), _box_sums(r * r, n), _box_sums(p * r, n)
+    mul = sp * sr
+    sq = sp * sp + sr * sr
+    num = 4.0 * (N * spr - mul) * mul
+    den1 = N * (spp + srr) - sq
+    den = den1 * sq
+    q = np.ones_like(den)
+    flat = (den1 == 0) & (sq != 0)
+    q[flat] = 2.0 * mul[flat] / sq[flat]
+    ok = den != 0
+    q[ok] = num[ok] / den[ok]
+    a = n // 2 - 1
+    interior = (slice(a, a + q.shape[0]), slice(a, a + q.shape[1]), slice(None))
+    return q, interior
+
+
+@METRICS.register("uqi_wb")
+def uqi_wb(
+    pred: np.ndarray, ref: np.ndarray, *, data_range: Optional[float] = None, mask: Optional[np.ndarray] = None
+) -> float:
+    """Universal image quality index as Wang & Bovik (2002) define and compute it: an 8×8 window
+    sliding pixel by pixel, Q = 4·μp·μr·σpr / ((μp² + μr²)(σp² + σr²)) per window, averaged —
+    the UQI MedGAN cites (Table II). Per axial slice, then averaged over the slices' windows.
+
+    Unlike :func:`uqi` (11×11 Gaussian, torchmetrics' arithmetic, flat patches score 0), identical
+    flat windows score 1 here, as in the authors' code. The two differ by a few hundredths on real
+    slices (documented in docs/medgan.md); tables say which window they used.
+
+    Args:
+        pred, ref: (X, Y, Z) or (X, Y) arrays of the same shape; X, Y ≥ 8.
+        data_range: accepted for the uniform metric signature and ignored (UQI is scale-free).
+        mask: boolean, image shape; windows whose centre voxel is masked are averaged.
+
+    Returns:
+        UQI in [-1, 1]; NaN when the mask selects no window.
+    """
+    return _uqi_wb_many(pred, ref, data_range=data_range, masks=[mask])[0]
+
+
+def _uqi_wb_many(pred, ref, *, data_range=None, masks):
+    p, r, masks = _check_many(pred, ref, masks, "uqi_wb")
+    _need_side(p.shape, (0, 1), UQI_WB_BLOCK, "uqi_wb", "8×8 sliding window")
+    if all(_empty(m) for m in masks):
+        return [float("nan")] * len(masks)
+    values, interior = _uqi_wb_map(_as_stack(p), _as_stack(r))
+    return [_masked_mean(values, interior, _reshape_mask(m)) for m in masks]
+
+
 # --------------------------------------------------------------------------------------------
 # MS-SSIM and VIF: no map, computed on the mask's bounding box
 
@@ -612,7 +683,8 @@ def vif(pred: np.ndarray, ref: np.ndarray, *, data_range: float, mask: Optional[
     return float(num.sum()) / total if total > 0 else float("nan")
 
 
-_MANY: dict[MetricFn, Callable[..., list[float]]] = {ssim: _ssim_many, ssim3d: _ssim3d_many, uqi: _uqi_many}
+_MANY: dict[MetricFn, Callable[..., list[float]]] = {ssim: _ssim_many, ssim3d: _ssim3d_many, uqi: _uqi_many,
+                                                    uqi_wb: _uqi_wb_many}
 
 
 def multi_region(fn: MetricFn) -> Callable[..., list[float]]:
