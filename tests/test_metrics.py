@@ -42,7 +42,7 @@ from medsyn.metrics import (
 from medsyn.metrics.image import _vif_terms
 
 SK_SSIM = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
-ALL = ["mae", "mse", "psnr", "ssim", "ssim3d", "ms_ssim", "uqi", "vif"]
+ALL = ["mae", "mse", "psnr", "ssim", "ssim3d", "ms_ssim", "uqi", "uqi_wb", "vif"]
 
 
 def phantom(shape, seed=0):

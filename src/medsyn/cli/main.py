@@ -237,6 +237,7 @@ def demo(
 # medsyn-subcommands
 from medsyn.cli.qu import register as _register_qu; _register_qu(app)  # noqa: E402
 from medsyn.cli.bench import register as _register_bench; _register_bench(app)  # noqa: E402
+from medsyn.cli.crossval import register as _register_crossval; _register_crossval(app)  # noqa: E402
 from medsyn.cli.prepare import prepare_app; app.add_typer(prepare_app, name="prepare")  # noqa: E402
 
 

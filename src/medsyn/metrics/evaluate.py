@@ -150,6 +150,26 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def read_results(path: str | Path) -> dict[str, Any]:
+    """A metrics JSON written by :func:`write_results`, its values as :func:`evaluate_predictions`
+    returned them: "inf"/"-inf" back to floats and null (NaN: an empty region) back to NaN."""
+
+    def back(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: back(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [back(v) for v in obj]
+        if obj in ("inf", "-inf"):
+            return float(obj)
+        return float("nan") if obj is None else obj
+
+    try:
+        res = json.loads(Path(path).read_text())
+        return {**res, "subjects": back(res["subjects"]), "summary": back(res["summary"])}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DatasetError(f"{path}: not a readable metrics file written by medsyn evaluate ({e})") from None
+
+
 def write_results(results: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
     """JSON (inf written as the string "inf", NaN as null) and a CSV of the per-subject rows."""
     out = Path(out)

@@ -42,6 +42,7 @@ from medsyn.reports.analysis import ErrorAnalysis, display_index, load_subject_v
 from medsyn.reports.document import Code, Details, Document, Figure, Note, Section, Table, Text, slug, to_html, to_markdown
 from medsyn.reports.model_card import model_card, write_model_card
 from medsyn.reports.runs import RunInfo, load_run_info, unique_labels
+from medsyn.training.crossval import first_fold_run, is_crossval_dir
 
 #: subjects shown as image grids when the report chooses (best, median and worst by foreground MAE)
 MAX_GRID_SUBJECTS = 3
@@ -163,6 +164,27 @@ def evaluate_run(info: RunInfo, pred_root: Path, *, pred_dir: Path | None, ref: 
     ev.results = evaluate_predictions(ev.pred_dir, ev.dataset.root, target, data_range=_data_range(info),
                                       manifest=manifest, label="auto")
     ev.seconds = time.perf_counter() - t0
+    return ev
+
+
+def crossval_evaluation(cv_dir: Path, info: RunInfo, ref: str | Path | None) -> RunEvaluation:
+    """A cross-validation folder's metrics table (``metrics.json``, every subject scored on the
+    prediction of the fold that held it out) as a report evaluation."""
+    from medsyn.data.dataset import discover
+    from medsyn.metrics.evaluate import read_results
+    from medsyn.training.crossval import METRICS, PRED
+
+    ev = RunEvaluation(pred_dir=cv_dir / PRED, split="cross-validation")
+    path = cv_dir / METRICS
+    if not path.is_file():
+        ev.notes.append(f"{path} is missing: the cross-validation has not finished; run `medsyn crossval` again.")
+        return ev
+    ev.results = read_results(path)
+    cv = ev.results["settings"].get("crossval", {})
+    ev.dataset = discover(ref if ref is not None else ev.results["settings"]["reference"])
+    ev.notes.append(f"Cross-validation ({cv.get('scheme')}, {cv.get('folds')} folds of {cv.get('method')}): every "
+                    "subject is predicted by the run that did not train on it; the metrics are read from "
+                    f"`{path}`. Configuration and training curves shown are fold_00's.")
     return ev
 
 
@@ -447,13 +469,18 @@ def write_report(run_dirs: list[Path], out: Path, *, pred_dirs: list[Path] | Non
     if out.is_dir():
         raise ConfigError(f"--out {out}: is a folder; give a file name such as {out / 'report.html'}")
     labels = unique_labels(run_dirs)
-    infos = [load_run_info(p, lab) for p, lab in zip(run_dirs, labels)]
+    # a cross-validation folder (medsyn crossval) stands for its folds: fold 0's config and curves,
+    # the metrics table of all folds (metrics.json) and the pooled predictions
+    crossval = {i: p for i, p in enumerate(run_dirs) if is_crossval_dir(p)}
+    infos = [load_run_info(first_fold_run(p) if i in crossval else p, lab)
+             for i, (p, lab) in enumerate(zip(run_dirs, labels))]
     files = out.parent / f"{out.stem}_files"
     files.mkdir(parents=True, exist_ok=True)
     for old in files.glob("*.png"):  # figures of an earlier report with the same name
         old.unlink()
     t0 = time.perf_counter()
-    evs = [evaluate_run(info, files / "predictions", pred_dir=pred_dirs[i] if pred_dirs else None, ref=ref,
+    evs = [crossval_evaluation(crossval[i], info, ref) if i in crossval else
+           evaluate_run(info, files / "predictions", pred_dir=pred_dirs[i] if pred_dirs else None, ref=ref,
                         subjects=subjects, device=device, log=log) for i, info in enumerate(infos)]
     sections = [_runs_overview(infos, evs)]
     comp = _comparison(infos, evs)
