@@ -215,12 +215,30 @@ class NieDualGAN(Method):
         out["g/mae_batch"] = (fake.detach() - y).abs().mean()
         return out
 
+    #: batch norm in D2 when exporting M: "eval" (running statistics: each window's M depends on that
+    #: window only) or "train" (the statistics of the batch of windows, as D2 computed M for the
+    #: attention loss in training); see docs/nie2018.md
+    confidence_bn: Literal["eval", "train"] = "eval"
+
     @torch.no_grad()
     def confidence(self, x: torch.Tensor, pred: torch.Tensor) -> torch.Tensor | None:
         """D2's confidence map M (B, 1, H, W) ∈ [0, 1] on G's output: low = hard to synthesise."""
         if "D2" not in self.networks:
             return None
-        return torch.sigmoid(self.networks["D2"](self._d_input(x, pred), return_logits=True))
+        D2 = self.networks["D2"]
+        if self.confidence_bn not in ("eval", "train"):
+            raise ConfigError(f"confidence_bn: got {self.confidence_bn!r}, expected 'eval' or 'train'")
+        bns = [m for m in D2.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if self.confidence_bn == "train" else []
+        saved = [(m.training, m.momentum) for m in bns]
+        for m in bns:  # batch statistics, running statistics left untouched (momentum 0)
+            m.train(True)
+            m.momentum = 0.0
+        try:
+            return torch.sigmoid(D2(self._d_input(x, pred), return_logits=True))
+        finally:
+            for m, (mode, momentum) in zip(bns, saved):
+                m.train(mode)
+                m.momentum = momentum
 
 
 def _spec(name: str, summary: str, **defaults) -> MethodSpec:
