@@ -162,6 +162,60 @@ def view_grid(sv: SubjectVolumes, view: str, idx: int, path: Path, *, target: st
     return _save(fig, path)
 
 
+def comparison_grid(ref: np.ndarray, preds: list[tuple[str, np.ndarray]], foreground: np.ndarray,
+                    slices: list[int], path: Path, *, view: str = "axial", spacing=(1.0, 1.0, 1.0),
+                    target: str = "target", units: str = "", source: tuple[str, np.ndarray] | None = None,
+                    tumour: np.ndarray | None = None) -> Path:
+    """The same slices of every compared method side by side (Nie et al. Figs. 3–5, MedGAN Figs. 4–8).
+
+    Per slice two rows: [source] | reference | method 1 … N, and below each method its
+    |method − reference|. Arrays are (X, Y, Z). Grey levels: reference and every method share the
+    reference's 0.5–99.5th-percentile window inside the foreground of that slice; the error maps of
+    one slice share one scale, 0 … the largest of the methods' 99.5th percentiles there, so the
+    methods' errors are comparable by eye. Panels are cropped to the foreground (+ tumour) box; the
+    tumour is outlined where a label exists.
+    """
+    cols = (1 if source is not None else 0) + 1 + len(preds)
+    fig = Figure(figsize=(2.0 * cols, 4.1 * len(slices)), layout="constrained")
+    axes = fig.subplots(2 * len(slices), cols, squeeze=False)
+    aspect = _aspect(tuple(spacing), view)
+    for r, idx in enumerate(slices):
+        fg2 = _plane(foreground, view, idx)
+        tum2 = _plane(tumour, view, idx) if tumour is not None else None
+        rs, cs = _crop_box(fg2 | (tum2 if tum2 is not None else False))
+        ref2 = _plane(ref, view, idx)
+        win = _window(ref2[fg2]) if fg2.any() else _window(ref2.ravel())
+        errs = [np.abs(_plane(p, view, idx) - ref2) for _, p in preds]
+        err_hi = max([float(np.percentile(e[fg2], 99.5)) if fg2.any() else float(e.max()) for e in errs] + [1e-6])
+        panels = ([(f"source ({source[0]})", _plane(source[1], view, idx), "gray",
+                    _window(_plane(source[1], view, idx)[fg2]) if fg2.any() else None)] if source is not None else [])
+        panels += [(f"reference ({target})", ref2, "gray", win)] + [(name, _plane(p, view, idx), "gray", win)
+                                                                     for name, p in preds]
+        top, bottom = axes[2 * r], axes[2 * r + 1]
+        for c, (title, img, cmap, w) in enumerate(panels):
+            lo, hi = w if w is not None else _window(img.ravel())
+            im = top[c].imshow(img[rs, cs], cmap=cmap, vmin=lo, vmax=hi, origin="lower", aspect=aspect,
+                               interpolation="nearest")
+            top[c].set_title(f"{title}\nslice {idx}" if c == 0 else title, fontsize=7)
+            if tum2 is not None and tum2[rs, cs].any():
+                top[c].contour(tum2[rs, cs].astype(np.float32), levels=[0.5], colors="red", linewidths=0.6)
+        first = cols - len(preds)
+        for c in range(cols):
+            top[c].set_xticks([])
+            top[c].set_yticks([])
+            bottom[c].set_visible(c >= first)
+        for c, (name, _), e in zip(range(first, cols), preds, errs):
+            im = bottom[c].imshow(e[rs, cs], cmap="magma", vmin=0.0, vmax=err_hi, origin="lower", aspect=aspect,
+                                  interpolation="nearest")
+            bottom[c].set_title(f"|{name} − reference|", fontsize=7)
+            bottom[c].set_xticks([])
+            bottom[c].set_yticks([])
+        cb = fig.colorbar(im, ax=list(bottom[first:]), orientation="horizontal", fraction=0.05, pad=0.02)
+        cb.ax.tick_params(labelsize=6)
+        cb.set_label(f"absolute error ({units})" if units else "absolute error", fontsize=7)
+    return _save(fig, path)
+
+
 def error_vs_distance(rows: list[dict], path: Path, *, units: str, n_subjects: int) -> Path:
     """MAE per signed-distance bin (negative = inside the tumour), voxel counts as grey bars."""
     x = np.arange(len(rows))
