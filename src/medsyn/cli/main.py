@@ -148,6 +148,7 @@ def evaluate(
     lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="LPIPS v0.1 linear heads (.pth/.safetensors, e.g. lpips/weights/v0.1/alex.pth from the 'lpips' wheel); adds the lpips metric. Never downloaded."),
     lpips_backbone: Optional[Path] = typer.Option(None, "--lpips-backbone", help="ImageNet trunk for LPIPS in torchvision's alexnet/vgg16 state-dict layout (not needed if --lpips-weights holds a whole lpips.LPIPS state dict)."),
     lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS trunk the files are for: alex or vgg."),
+    protocol: str = typer.Option("default", "--protocol", help="default (medsyn's metrics), or a challenge's official scorer: brasyn, synthrad2023, synthrad2025 (docs/challenges.md)."),
 ) -> None:
     """Per-subject and summary metrics (MAE, PSNR, SSIM, ...) per region, with the data range and mask stated."""
     from medsyn.data.dataset import resolve_root
@@ -161,7 +162,7 @@ def evaluate(
     elif lpips_backbone is not None:
         raise ConfigError("--lpips-backbone is given without --lpips-weights; LPIPS needs its linear heads too")
     res = evaluate_predictions(pred, resolve_root(str(ref)), modality, mask=mask, data_range=data_range,
-                               metrics=_split(metrics), lpips_model=model)
+                               metrics=_split(metrics), lpips_model=model, protocol=protocol)
     j, c = write_results(res, out)
     _print_summary(res)
     console.print(f"wrote {j} and {c}")

@@ -13,6 +13,10 @@ Settings stated in the output:
   [-1024, 3000] HU), the same for every subject.
 * regions: foreground; and where a label map (``seg``) exists: tumour (label > 0), healthy
   (foreground without tumour) and one region per label value.
+
+``protocol`` (``--protocol``) replaces all of this with a challenge's official scorer
+(:mod:`medsyn.metrics.protocols`: brasyn, synthrad2023, synthrad2025); the JSON keeps the same
+shape (subjects → region → metric, summary, settings) with ``settings["protocol"]`` naming it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from medsyn.data.masks import as_mask, compute_mask
 from medsyn.errors import ConfigError, DatasetError, GeometryError
 from medsyn.io.image import atomic_write_bytes, read_image, same_grid
 from medsyn.metrics import METRICS, data_range_of, evaluate_volume, region_masks, summarize
+from medsyn.metrics.protocols import Protocol, get_protocol
 
 DEFAULT_METRICS = ["mae", "mse", "psnr", "ssim", "ssim3d", "uqi"]
 
@@ -46,15 +51,28 @@ def _find_pred(pred_dir: Path, sid: str, modality: str) -> Path | None:
 def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, modality: str, *, mask: str = "auto",
                          data_range: str | float = "ref", metrics: list[str] | None = None,
                          manifest: str | Path | None = None, label: str | None = "auto",
-                         lpips_model: Any = None) -> dict[str, Any]:
+                         lpips_model: Any = None, protocol: str = "default") -> dict[str, Any]:
     """Metrics of every prediction in ``pred_dir`` against ``ref_root`` (see the module doc).
 
     ``lpips_model`` (a :class:`medsyn.metrics.lpips.LPIPS` loaded from the user's files) enables
     the ``lpips`` metric, and adds it to ``metrics`` if it is not named there.
+
+    ``protocol`` other than ``"default"`` scores with a challenge's official definitions instead
+    (:mod:`medsyn.metrics.protocols`); it fixes its own metrics, ranges and regions, so
+    ``data_range``, ``metrics`` and ``lpips_model`` must be left at their defaults.
     """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DatasetError(f"{pred_dir}: prediction folder not found")
+    spec = get_protocol(protocol)
+    if spec.score is not None:
+        given = [flag for flag, used in (("--data-range", str(data_range) != "ref"), ("--metrics", bool(metrics)),
+                                         ("--lpips-weights", lpips_model is not None)) if used]
+        if given:
+            raise ConfigError(f"--protocol {protocol}: {', '.join(given)} cannot be combined with a challenge protocol, "
+                              f"which fixes its own metrics and ranges ({', '.join(spec.metrics)}); drop "
+                              f"{'them' if len(given) > 1 else 'it'} or use --protocol default")
+        return _evaluate_protocol(spec, pred_dir, ref_root, modality, mask=mask, manifest=manifest, label=label)
     metrics = list(metrics or DEFAULT_METRICS)
     extra = {}
     if lpips_model is not None:
@@ -125,6 +143,7 @@ def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, modality: s
         per_subject[sid] = evaluate_volume(pred, ref, data_range=dr, regions=region_masks(fg, lab), metrics=metrics,
                                            extra=extra)
     settings = {
+        "protocol": "default",
         "modality": modality, "prediction_dir": str(pred_dir), "reference": str(ref_ds.root),
         "data_range": "per-subject max-min of the reference inside the foreground" if fixed_range is None else fixed_range,
         "data_range_per_subject": ranges, "mask": mask_used, "metrics": metrics,
@@ -136,6 +155,76 @@ def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, modality: s
             **lpips_model.source,
             "input": "axial slices; ref min … ref min + data_range → [-1, 1], grey repeated to RGB",
         }
+    return {"subjects": per_subject, "summary": summarize(per_subject), "settings": settings}
+
+
+# HU plausibility for the CT-only protocols: every CT of a body part holds air (≈ −1000 HU) around the
+# body or inside it; an MR volume (scanner units ≥ 0, or z-scores of a few units) never goes this low.
+CT_NAMES = ("ct",)
+CT_AIR_BELOW_HU = -500.0
+
+
+def _evaluate_protocol(spec: Protocol, pred_dir: Path, ref_root: str | Path, modality: str, *, mask: str,
+                       manifest: str | Path | None, label: str | None) -> dict[str, Any]:
+    """``evaluate_predictions`` with a challenge protocol: per subject ``{region: {metric: value}}``.
+
+    Arrays go to the scorer in the reference file's own voxel order and storage dtype (the
+    official scorers read the files with SimpleITK; see :mod:`medsyn.metrics.protocols`): the
+    prediction is taken in the reference's grid (checked) and put into the reference file's axis
+    order, which equals its own whenever it was written in the reference's geometry.
+    """
+    if spec.ct_only and modality.lower() not in CT_NAMES:
+        raise ConfigError(f"--protocol {spec.name} scores CT in Hounsfield units, but --modality is {modality!r}; "
+                          f"it is defined for a CT target only (modality {' or '.join(CT_NAMES)}); "
+                          "use --protocol default for other modalities")
+    ref_ds = discover(ref_root, manifest)
+    sids = sorted(p.name for p in pred_dir.iterdir() if p.is_dir() and _find_pred(pred_dir, p.name, modality))
+    if not sids:
+        raise DatasetError(f"{pred_dir}: no predictions found (expected <subject>/{modality}.nii.gz)")
+    per_subject: dict[str, Any] = {}
+    aux_used: dict[str, str] = {}
+    for sid in sids:
+        if sid not in ref_ds.subjects:
+            raise DatasetError(f"{pred_dir / sid}: subject {sid!r} is not in the reference dataset {ref_ds.root}")
+        subj = ref_ds.subjects[sid]
+        where = subj.folder or ref_ds.manifest or ref_ds.root
+        if spec.needs == "label":
+            names = LABEL_NAMES if label in (None, "auto") else (label,)
+            what = "the tumour label map"
+        else:
+            names = MASK_NAMES if mask == "auto" else (mask,)
+            what = "the evaluation mask"
+        aux_name = next((n for n in names if n in subj.files), None)
+        if aux_name is None:
+            raise DatasetError(f"{where}: --protocol {spec.name} needs {what} ({' or '.join(names)}) of subject {sid!r}, "
+                               f"which has none (has: {', '.join(sorted(subj.files))}); add it or use --protocol default")
+        ref_v = read_image(subj.path(modality))
+        pred_v = read_image(_find_pred(pred_dir, sid, modality))
+        aux_v = read_image(subj.path(aux_name))
+        for v in (pred_v, aux_v):
+            if not same_grid(v, ref_v):
+                raise GeometryError(f"{v.path}: grid {v.shape} differs from the reference {ref_v.path} {ref_v.shape}; "
+                                    "predictions, masks and labels must be in the reference's geometry")
+        if not np.isfinite(pred_v.array).all():
+            raise DatasetError(f"{pred_v.path}: prediction holds NaN/Inf values")
+        ref = ref_v.to_original()
+        if spec.ct_only and not float(ref.min()) <= CT_AIR_BELOW_HU:
+            raise DatasetError(f"{ref_v.path}: --protocol {spec.name} needs a CT in Hounsfield units, but the reference "
+                               f"spans [{float(ref.min()):g}, {float(ref.max()):g}] with no air (nothing ≤ "
+                               f"{CT_AIR_BELOW_HU:g}); convert it to HU (e.g. apply the rescale intercept) or use "
+                               "--protocol default")
+        aux = ref_v.to_original(aux_v.array)
+        if spec.needs == "mask" and not (aux > 0).any():
+            raise DatasetError(f"{aux_v.path}: the evaluation mask of --protocol {spec.name} is empty (nothing > 0)")
+        per_subject[sid] = spec.score(ref_v.to_original(pred_v.array), ref, aux)
+        aux_used[sid] = aux_name
+    settings = {
+        "protocol": spec.name, "official": spec.official, "definition": spec.definition,
+        "modality": modality, "prediction_dir": str(pred_dir), "reference": str(ref_ds.root),
+        "label" if spec.needs == "label" else "mask": aux_used, "metrics": list(spec.metrics),
+        "units": "HU (mae), dB (psnr)" if spec.ct_only else "[0, 1] after the protocol's percentile scaling (mse), dB (psnr)",
+        "psnr_identical": "inf (no cap); summaries count finite values only and report n_inf",
+    }
     return {"subjects": per_subject, "summary": summarize(per_subject), "settings": settings}
 
 
