@@ -126,7 +126,8 @@ def torchmetrics_ssim3d(pred: np.ndarray, ref: np.ndarray) -> float:
     var_p = np.maximum(blur(p * p) - mu_p**2, 0.0)
     var_r = np.maximum(blur(r * r) - mu_r**2, 0.0)
     cov = blur(p * r) - mu_p * mu_r
-    ssim_map = ((2 * mu_p * mu_r + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_r**2 + c1) * (var_p + var_r + c2))
+    with np.errstate(invalid="ignore", divide="ignore"):  # two all-zero volumes: 0/0 = NaN, as in torch
+        ssim_map = ((2 * mu_p * mu_r + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_r**2 + c1) * (var_p + var_r + c2))
     return float(ssim_map.mean())
 
 
