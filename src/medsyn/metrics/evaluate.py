@@ -48,6 +48,31 @@ def _find_pred(pred_dir: Path, sid: str, modality: str) -> Path | None:
     return None
 
 
+def _subjects(pred_dir: Path, ref_root: str | Path, manifest: str | Path | None,
+              modality: str) -> tuple[Any, list[tuple[str, Any]]]:
+    """The reference dataset and (subject id, reference Subject) of every prediction in ``pred_dir``."""
+    ref_ds = discover(ref_root, manifest)
+    sids = sorted(p.name for p in pred_dir.iterdir() if p.is_dir() and _find_pred(pred_dir, p.name, modality))
+    if not sids:
+        raise DatasetError(f"{pred_dir}: no predictions found (expected <subject>/{modality}.nii.gz)")
+    for sid in sids:
+        if sid not in ref_ds.subjects:
+            raise DatasetError(f"{pred_dir / sid}: subject {sid!r} is not in the reference dataset {ref_ds.root}")
+    return ref_ds, [(sid, ref_ds.subjects[sid]) for sid in sids]
+
+
+def _read_pair(pred_dir: Path, subj: Any, modality: str) -> tuple[Any, Any]:
+    """Reference and prediction Volumes of one subject: same grid, finite prediction."""
+    ref_v = read_image(subj.path(modality))
+    pred_v = read_image(_find_pred(pred_dir, subj.id, modality))
+    if not same_grid(pred_v, ref_v):
+        raise GeometryError(f"{pred_v.path}: grid {pred_v.shape} differs from the reference {ref_v.path} {ref_v.shape}; "
+                            "predictions must be written in the reference's geometry")
+    if not np.isfinite(pred_v.array).all():
+        raise DatasetError(f"{pred_v.path}: prediction holds NaN/Inf values")
+    return ref_v, pred_v
+
+
 def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, modality: str, *, mask: str = "auto",
                          data_range: str | float = "ref", metrics: list[str] | None = None,
                          manifest: str | Path | None = None, label: str | None = "auto",
@@ -95,26 +120,14 @@ def evaluate_predictions(pred_dir: str | Path, ref_root: str | Path, modality: s
             raise ConfigError(f"--data-range: got {data_range!r}; expected 'ref' or a positive number") from None
         if not fixed_range > 0:
             raise ConfigError(f"--data-range: got {data_range!r}; expected a positive number")
-    ref_ds = discover(ref_root, manifest)
-    sids = sorted(p.name for p in pred_dir.iterdir() if p.is_dir() and _find_pred(pred_dir, p.name, modality))
-    if not sids:
-        raise DatasetError(f"{pred_dir}: no predictions found (expected <subject>/{modality}.nii.gz)")
+    ref_ds, pairs = _subjects(pred_dir, ref_root, manifest, modality)
     per_subject: dict[str, Any] = {}
     ranges: dict[str, float] = {}
     mask_used: dict[str, str] = {}
-    for sid in sids:
-        if sid not in ref_ds.subjects:
-            raise DatasetError(f"{pred_dir / sid}: subject {sid!r} is not in the reference dataset {ref_ds.root}")
-        subj = ref_ds.subjects[sid]
-        ref_v = read_image(subj.path(modality))
-        pred_v = read_image(_find_pred(pred_dir, sid, modality))
-        if not same_grid(pred_v, ref_v):
-            raise GeometryError(f"{pred_v.path}: grid {pred_v.shape} differs from the reference {ref_v.path} {ref_v.shape}; "
-                                "predictions must be written in the reference's geometry")
+    for sid, subj in pairs:
+        ref_v, pred_v = _read_pair(pred_dir, subj, modality)
         ref = ref_v.array.astype(np.float64)
         pred = pred_v.array.astype(np.float64)
-        if not np.isfinite(pred).all():
-            raise DatasetError(f"{pred_v.path}: prediction holds NaN/Inf values")
         if mask == "auto":
             name = next((n for n in MASK_NAMES if n in subj.files), None)
         else:
@@ -177,16 +190,10 @@ def _evaluate_protocol(spec: Protocol, pred_dir: Path, ref_root: str | Path, mod
         raise ConfigError(f"--protocol {spec.name} scores CT in Hounsfield units, but --modality is {modality!r}; "
                           f"it is defined for a CT target only (modality {' or '.join(CT_NAMES)}); "
                           "use --protocol default for other modalities")
-    ref_ds = discover(ref_root, manifest)
-    sids = sorted(p.name for p in pred_dir.iterdir() if p.is_dir() and _find_pred(pred_dir, p.name, modality))
-    if not sids:
-        raise DatasetError(f"{pred_dir}: no predictions found (expected <subject>/{modality}.nii.gz)")
+    ref_ds, pairs = _subjects(pred_dir, ref_root, manifest, modality)
     per_subject: dict[str, Any] = {}
     aux_used: dict[str, str] = {}
-    for sid in sids:
-        if sid not in ref_ds.subjects:
-            raise DatasetError(f"{pred_dir / sid}: subject {sid!r} is not in the reference dataset {ref_ds.root}")
-        subj = ref_ds.subjects[sid]
+    for sid, subj in pairs:
         where = subj.folder or ref_ds.manifest or ref_ds.root
         if spec.needs == "label":
             names = LABEL_NAMES if label in (None, "auto") else (label,)
@@ -198,15 +205,10 @@ def _evaluate_protocol(spec: Protocol, pred_dir: Path, ref_root: str | Path, mod
         if aux_name is None:
             raise DatasetError(f"{where}: --protocol {spec.name} needs {what} ({' or '.join(names)}) of subject {sid!r}, "
                                f"which has none (has: {', '.join(sorted(subj.files))}); add it or use --protocol default")
-        ref_v = read_image(subj.path(modality))
-        pred_v = read_image(_find_pred(pred_dir, sid, modality))
+        ref_v, pred_v = _read_pair(pred_dir, subj, modality)
         aux_v = read_image(subj.path(aux_name))
-        for v in (pred_v, aux_v):
-            if not same_grid(v, ref_v):
-                raise GeometryError(f"{v.path}: grid {v.shape} differs from the reference {ref_v.path} {ref_v.shape}; "
-                                    "predictions, masks and labels must be in the reference's geometry")
-        if not np.isfinite(pred_v.array).all():
-            raise DatasetError(f"{pred_v.path}: prediction holds NaN/Inf values")
+        if not same_grid(aux_v, ref_v):
+            raise GeometryError(f"{aux_v.path}: grid {aux_v.shape} differs from the reference {ref_v.path} {ref_v.shape}")
         ref = ref_v.to_original()
         if spec.ct_only and not float(ref.min()) <= CT_AIR_BELOW_HU:
             raise DatasetError(f"{ref_v.path}: --protocol {spec.name} needs a CT in Hounsfield units, but the reference "
