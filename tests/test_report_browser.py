@@ -9,36 +9,19 @@ phone (375 × 812 CSS px, mobile, as Chrome's device mode does it):
 * nothing overflows horizontally (``scrollWidth ≤ innerWidth``; every image inside the viewport);
 * a screenshot of the top of the page is taken at each width (kept under the test's tmp folder).
 
-No WebDriver and no Python package: Chromium is started with ``--remote-debugging-pipe`` and
-spoken to in JSON over two pipes (file descriptors 3 and 4, NUL-terminated messages), the
-transport Puppeteer uses. ``--window-size`` cannot make a headless window narrower than 500 px;
-``Emulation.setDeviceMetricsOverride`` can. Without a browser (install one with ``bash
-scripts/install_test_browser.sh``) the test is skipped with that reason, also shown as a warning in
-the summary of ``pytest -q``.
+The browser is driven over the DevTools protocol on pipes (tests/cdp.py); without one the test is
+skipped with that reason.
 """
 
 from __future__ import annotations
 
-import base64
-import fcntl
-import json
-import os
-import select
-import shutil
-import subprocess
-import time
-import warnings
-from pathlib import Path
-from typing import Any
-
 import pytest
 
+from cdp import Chromium, browser, skip  # noqa: F401  (browser is a fixture)
 from test_report import shared_report  # the same session-wide runs and report (tests/ is on sys.path)
 
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 VIEWPORTS = {"desktop": {"width": 1280, "height": 900, "mobile": False, "deviceScaleFactor": 1},
              "phone": {"width": 375, "height": 812, "mobile": True, "deviceScaleFactor": 2}}
-TIMEOUT_S = 120
 
 CHECK_JS = """(() => {
   const imgs = Array.from(document.images);
@@ -58,131 +41,6 @@ CHECK_JS = """(() => {
 })()"""
 
 
-def _browser() -> str | None:
-    for name in BROWSERS:
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def _skip(reason: str) -> None:
-    warnings.warn(f"browser test skipped: {reason}", UserWarning, stacklevel=2)
-    pytest.skip(reason)
-
-
-class Chromium:
-    """A headless Chromium and one page, over the DevTools protocol on pipes (fd 3 in, fd 4 out)."""
-
-    def __init__(self, binary: str, profile: Path):
-        to_child_r, self._to_child = os.pipe()
-        self._from_child, from_child_w = os.pipe()
-
-        def wire_fds() -> None:  # in the child: its fd 3 reads our commands, fd 4 writes its replies
-            a = fcntl.fcntl(to_child_r, fcntl.F_DUPFD, 10)
-            b = fcntl.fcntl(from_child_w, fcntl.F_DUPFD, 10)
-            os.dup2(a, 3)
-            os.dup2(b, 4)
-
-        cmd = [binary, "--headless", "--remote-debugging-pipe", "--disable-gpu", "--no-first-run",
-               "--disable-extensions", "--mute-audio", "--hide-scrollbars", f"--user-data-dir={profile}", "about:blank"]
-        if os.geteuid() == 0:
-            cmd.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     preexec_fn=wire_fds, pass_fds=(3, 4))
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self._buf = b""
-        self._next_id = 0
-        self.events: list[dict[str, Any]] = []
-        self.session: str | None = None
-
-    def _read_message(self, deadline: float) -> dict[str, Any]:
-        while b"\0" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._from_child], [], [], left)[0]:
-                raise TimeoutError("no answer from the browser")
-            chunk = os.read(self._from_child, 1 << 20)
-            if not chunk:
-                err = self.proc.stderr.read().decode(errors="replace")[-500:] if self.proc.stderr else ""
-                raise RuntimeError(f"the browser closed its DevTools pipe (exit {self.proc.poll()}): {err}")
-            self._buf += chunk
-        msg, self._buf = self._buf.split(b"\0", 1)
-        return json.loads(msg)
-
-    def send(self, method: str, params: dict[str, Any] | None = None, *, session: bool = True) -> dict[str, Any]:
-        self._next_id += 1
-        msg: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
-        if session and self.session:
-            msg["sessionId"] = self.session
-        os.write(self._to_child, json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            reply = self._read_message(deadline)
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-            self.events.append(reply)
-
-    def wait_event(self, method: str) -> dict[str, Any]:
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            for i, e in enumerate(self.events):
-                if e.get("method") == method:
-                    return self.events.pop(i)
-            self.events.append(self._read_message(deadline))
-
-    def open_page(self, viewport: dict[str, Any]) -> None:
-        target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)["sessionId"]
-        self.send("Page.enable")
-        self.send("Emulation.setDeviceMetricsOverride", viewport)
-        if viewport.get("mobile"):
-            self.send("Emulation.setTouchEmulationEnabled", {"enabled": True, "maxTouchPoints": 1})
-
-    def load(self, url: str) -> None:
-        self.events.clear()
-        self.send("Page.navigate", {"url": url})
-        self.wait_event("Page.loadEventFired")
-
-    def evaluate(self, expression: str) -> Any:
-        res = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True})
-        if "exceptionDetails" in res:
-            raise RuntimeError(f"page script failed: {res['exceptionDetails']}")
-        return res["result"]["value"]
-
-    def screenshot(self, path: Path) -> Path:
-        data = self.send("Page.captureScreenshot", {"format": "png"})["data"]
-        path.write_bytes(base64.b64decode(data))
-        return path
-
-    def close(self) -> None:
-        try:
-            self.send("Browser.close", session=False)
-        except (RuntimeError, TimeoutError, OSError):
-            pass
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        for fd in (self._to_child, self._from_child):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-@pytest.fixture(scope="module")
-def browser() -> str:
-    b = _browser()
-    if b is None:
-        _skip("no headless browser found (chromium); run `bash scripts/install_test_browser.sh` "
-              "(as root it installs Debian's chromium and chromium-driver)")
-    return b
-
-
 @pytest.mark.parametrize("layout", list(VIEWPORTS))
 def test_report_renders_in_headless_chromium(browser, layout, tmp_path_factory, tmp_path):
     html = shared_report(tmp_path_factory)["html"]
@@ -191,12 +49,12 @@ def test_report_renders_in_headless_chromium(browser, layout, tmp_path_factory, 
     try:
         chrome = Chromium(browser, tmp_path / "profile")
     except OSError as e:
-        _skip(f"{browser} could not be started: {e}")
+        skip(f"{browser} could not be started: {e}")
     try:
         try:
             chrome.open_page(vp)
         except RuntimeError as e:
-            _skip(f"{browser} started but does not speak the DevTools protocol over a pipe: {e}")
+            skip(f"{browser} started but does not speak the DevTools protocol over a pipe: {e}")
         chrome.load(html.as_uri())
         res = chrome.evaluate(CHECK_JS)
         shot = chrome.screenshot(tmp_path / f"report-{vp['width']}px.png")

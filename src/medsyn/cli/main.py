@@ -209,13 +209,15 @@ def report(
     ref: Optional[Path] = typer.Option(None, "--ref", help="Reference dataset for the metrics (default: each run's data.root; 'sample' for the bundled sample)."),
     subjects: Optional[str] = typer.Option(None, "--subjects", help="Comma-separated subjects to predict and show (default: the run's test split, else val); with --pred, the subjects to show."),
     device: str = typer.Option("auto", "--device", help="Device for the report's own predictions: auto, cpu, cuda."),
+    study: Optional[Path] = typer.Option(None, "--study", help="A reader-study folder (medsyn reader-study): adds its Table III."),
 ) -> None:
     """HTML report of one or more runs: config, data, training curves, metric tables, image grids, error analysis,
     a comparison table with paired tests, and a model card in each run folder."""
     from medsyn.reports.html import write_report
 
     path = write_report(run_dirs, out, pred_dirs=pred, ref=str(ref) if ref is not None else None,
-                        subjects=_split(subjects), device=device, log=lambda m: console.print(m, highlight=False))
+                        subjects=_split(subjects), device=device, log=lambda m: console.print(m, highlight=False),
+                        study=study)
     console.print(f"wrote {path}")
 
 
@@ -240,6 +242,7 @@ from medsyn.cli.qu import register as _register_qu; _register_qu(app)  # noqa: E
 from medsyn.cli.bench import register as _register_bench; _register_bench(app)  # noqa: E402
 from medsyn.cli.crossval import register as _register_crossval; _register_crossval(app)  # noqa: E402
 from medsyn.cli.prepare import prepare_app; app.add_typer(prepare_app, name="prepare")  # noqa: E402
+from medsyn.cli.study import study_app; app.add_typer(study_app, name="reader-study")  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------

@@ -447,12 +447,14 @@ def _readable(path: Path) -> None:
 
 
 def write_report(run_dirs: list[Path], out: Path, *, pred_dirs: list[Path] | None = None, ref: str | Path | None = None,
-                 subjects: list[str] | None = None, device: str = "auto", log: Log | None = None) -> Path:
+                 subjects: list[str] | None = None, device: str = "auto", log: Log | None = None,
+                 study: Path | None = None) -> Path:
     """Write ``out`` (HTML), ``out.md``, ``<stem>_files/`` and each run's ``MODEL_CARD.md``; return ``out``.
 
     pred_dirs: none, or one prediction folder per run (``<subject>/<target>.nii.gz``); ref: the
     reference dataset (default: each run's ``data.root``); subjects: the subjects to predict and
-    show (default: the run's test split, else its validation split).
+    show (default: the run's test split, else its validation split); study: a reader-study folder
+    whose Table III becomes a section.
     """
     log = log or (lambda msg: None)
     run_dirs = [Path(p) for p in run_dirs]
@@ -486,6 +488,10 @@ def write_report(run_dirs: list[Path], out: Path, *, pred_dirs: list[Path] | Non
     comp = _comparison(infos, evs)
     if comp is not None:
         sections.append(comp)
+    if study is not None:  # a reader study (medsyn reader-study): its Table III after the comparison
+        from medsyn.study.analyse import analyse_study, report_section
+
+        sections.append(report_section(analyse_study(study)))
     sections += [_run_section(i, info, ev, files, subjects, log) for i, (info, ev) in enumerate(zip(infos, evs))]
     title = f"medsyn report: {infos[0].label}" if len(infos) == 1 else f"medsyn report: {len(infos)} runs"
     subtitle = (f"Generated {time.strftime('%Y-%m-%d %H:%M')} by medsyn {__version__} in {time.perf_counter() - t0:.0f} s "
