@@ -317,8 +317,21 @@ def build_config(data: dict[str, Any]) -> RunConfig:
     spec = METHODS.get(cfg.method, key="method")
     # validate the method parameters against the method's dataclass and its variant defaults
     cfg.params = spec.resolved(cfg.params)
+    canonicalize_modalities(cfg.data)
     validate_run_config(cfg)
     return cfg
+
+
+def canonicalize_modalities(d: DataConfig) -> None:
+    """BraTS 2021 modality names in ``d`` → the BraTS 2023 ones (``t1ce`` → ``t1c`` …), in place;
+    one alias map for configs and discovered files (medsyn.data.layouts.canonical_modality)."""
+    from medsyn.data.layouts import canonical_modality
+
+    d.source = [canonical_modality(m) for m in d.source]
+    d.target = canonical_modality(d.target)
+    d.label = canonical_modality(d.label) if d.label else d.label
+    d.mask = canonical_modality(d.mask) if d.mask else d.mask
+    d.normalization = {canonical_modality(k): v for k, v in d.normalization.items()}
 
 
 def validate_run_config(cfg: RunConfig) -> None:

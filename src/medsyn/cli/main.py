@@ -47,6 +47,7 @@ def verify(
     from medsyn.data.verify import verify_dataset
 
     rep = verify_dataset(dataset, _split(modalities), manifest=manifest, resample=resample)
+    console.print(rep.layout_line, highlight=False, soft_wrap=True)
     table = Table(title=f"medsyn verify {rep.root}")
     table.add_column("subject")
     table.add_column("modalities")

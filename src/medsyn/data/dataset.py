@@ -13,6 +13,10 @@ format works (.nii/.nii.gz/.nrrd/.mha/.png/.npy, or a DICOM series sub-folder na
 modality). A CSV manifest with columns ``subject, modality, path[, split]`` describes data laid
 out otherwise (paths relative to the manifest's folder).
 
+Public layouts as downloaded (BraTS 2021 and 2023–2025, SynthRAD 2023/2025, BIDS anatomical,
+files prefixed by the subject's name) are recognised without a manifest; see
+medsyn.data.layouts, which also holds the one modality-alias map (``t1ce`` → ``t1c`` …).
+
 Splits are subject-level and deterministic: explicit lists (config or manifest) win, otherwise a
 seeded shuffle of the sorted subject ids. Slices/patches of one subject never cross splits.
 """
@@ -25,8 +29,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from medsyn.data.layouts import (LAYOUT_DESCRIPTIONS, FolderLayout, bids_sessions, canonical_modality, classify_folder,
+                                  is_bids_root)
 from medsyn.errors import ConfigError, DatasetError
-from medsyn.io.image import image_stem, is_image_path
+from medsyn.io.image import IMAGE_SUFFIXES, is_image_path
 
 LABEL_NAMES = ("seg", "label", "labels")
 MASK_NAMES = ("brainmask", "bodymask", "mask")
@@ -52,13 +58,19 @@ def resolve_root(root: str | Path) -> Path:
 
 @dataclass
 class Subject:
-    """One subject: modality name → file (or DICOM folder), and an optional manifest split."""
+    """One subject: modality name → file (or DICOM folder), and an optional manifest split.
+
+    layout: how its folder names files (None for manifest subjects); group: the participant a
+    subject-visit belongs to (BIDS sessions) — the seeded split keeps a group together.
+    """
 
     id: str
     files: dict[str, Path]
     folder: Path | None = None
     split: str | None = None
     extra: list[Path] = field(default_factory=list)  # files that are not images
+    layout: FolderLayout | None = None
+    group: str | None = None
 
     def path(self, modality: str) -> Path:
         if modality not in self.files:
@@ -85,6 +97,38 @@ class Dataset:
             out |= set(s.files)
         return out
 
+    def layouts(self) -> list[str]:
+        """Layout names of its subjects, most common first (``["manifest"]`` for a manifest)."""
+        if self.manifest is not None:
+            return ["manifest"]
+        counts: dict[str, int] = {}
+        for s in self.subjects.values():
+            name = s.layout.layout if s.layout else "plain"
+            counts[name] = counts.get(name, 0) + 1
+        return sorted(counts, key=lambda k: (-counts[k], k))
+
+    def describe_layout(self) -> str:
+        """One line for ``medsyn verify``: ``brats2023: BraTS 2023-2025 (...)`` (or a mix)."""
+        names = self.layouts()
+        if len(names) == 1:
+            return f"{names[0]}: {LAYOUT_DESCRIPTIONS[names[0]]}"
+        return "mixed: " + ", ".join(names)
+
+    def output_relpath(self, subject: str, modality: str) -> Path:
+        """Where a synthesised ``modality`` of ``subject`` goes, relative to an output folder, in
+        this dataset's own naming: ``<id>/<id>-t2w.nii.gz`` (BraTS 2023), ``<id>/<id>_t2.nii.gz``
+        (BraTS 2021), ``sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz`` (BIDS), ``<id>/t2w.nii.gz``
+        (plain or manifest)."""
+        s = self.subjects[subject]
+        modality = canonical_modality(modality)
+        if s.layout is None or s.folder is None:
+            return Path(s.id) / f"{modality}.nii.gz"
+        try:
+            rel = s.folder.relative_to(self.root)
+        except ValueError:
+            rel = Path(s.folder.name)
+        return rel / s.layout.file_name(modality)
+
 
 def discover(root: str | Path, manifest: str | Path | None = None) -> Dataset:
     """Find subjects under ``root`` (folder convention) or in a CSV ``manifest``.
@@ -100,11 +144,15 @@ def discover(root: str | Path, manifest: str | Path | None = None) -> Dataset:
         return read_manifest(r)
     if not r.is_dir():
         raise DatasetError(f"{r}: not a folder; a dataset is a folder of subject folders or a CSV manifest")
-    subjects: dict[str, Subject] = {}
-    for d in sorted(p for p in r.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        subj = read_subject_folder(d)
-        if subj.files:
-            subjects[subj.id] = subj
+    subjects = _bids_subjects(r) if is_bids_root(r) else _folder_subjects(r)
+    if not subjects:
+        # a nested release (SynthRAD's Task1/brain/1BA001): subject folders one level further down
+        for d in _child_dirs(r):
+            for sid, subj in _folder_subjects(d).items():
+                if sid in subjects:
+                    raise DatasetError(f"{r}: subject id {sid!r} occurs in {subjects[sid].folder} and {subj.folder}; "
+                                       "point medsyn at one of the sub-folders or write a manifest")
+                subjects[sid] = subj
     if not subjects:
         # maybe the root itself is one subject folder
         subj = read_subject_folder(r)
@@ -114,20 +162,56 @@ def discover(root: str | Path, manifest: str | Path | None = None) -> Dataset:
     return Dataset(r, subjects)
 
 
-def read_subject_folder(d: Path) -> Subject:
-    files: dict[str, Path] = {}
+def _child_dirs(r: Path) -> list[Path]:
+    return sorted(p for p in r.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _folder_subjects(r: Path) -> dict[str, Subject]:
+    subjects: dict[str, Subject] = {}
+    for d in _child_dirs(r):
+        subj = read_subject_folder(d)
+        if subj.files:
+            subjects[subj.id] = subj
+    return subjects
+
+
+def _bids_subjects(r: Path) -> dict[str, Subject]:
+    subjects: dict[str, Subject] = {}
+    for d in _child_dirs(r):
+        if not d.name.startswith("sub-"):
+            continue
+        for sid, group, anat in bids_sessions(d):
+            subj = read_subject_folder(anat, sid=sid, group=group, bids=True)
+            if subj.files:
+                subjects[sid] = subj
+    return subjects
+
+
+def read_subject_folder(d: Path, *, sid: str | None = None, group: str | None = None, bids: bool = False) -> Subject:
+    """One subject folder → Subject, its files keyed by canonical modality (see medsyn.data.layouts).
+
+    ``sid`` defaults to the folder's name; ``bids`` marks a BIDS ``anat`` folder whose files start
+    with ``<sid>_``.
+    """
+    sid = sid or d.name
+    images: list[Path] = []
     extra: list[Path] = []
     for p in sorted(d.iterdir()):
         if p.name.startswith("."):
             continue
         if is_image_path(p):
-            m = image_stem(p)
-            if m in files:
-                raise DatasetError(f"{d}: two files for modality {m!r}: {files[m].name} and {p.name}; keep one")
-            files[m] = p
+            images.append(p)
         elif p.is_file():
             extra.append(p)
-    return Subject(d.name, files, folder=d, extra=extra)
+    layout, canon = classify_folder(d.name, [p.name for p in images], IMAGE_SUFFIXES,
+                                    bids_prefix=f"{sid}_" if bids else None)
+    files: dict[str, Path] = {}
+    for p in images:
+        m = canon[p.name]
+        if m in files:
+            raise DatasetError(f"{d}: two files for modality {m!r}: {files[m].name} and {p.name}; keep one")
+        files[m] = p
+    return Subject(sid, files, folder=d, extra=extra, layout=layout, group=group)
 
 
 def read_manifest(path: str | Path) -> Dataset:
@@ -145,6 +229,7 @@ def read_manifest(path: str | Path) -> Dataset:
             if not sid or not mod or not rel:
                 raise DatasetError(f"{p}:{i}: empty subject, modality or path")
             fp = Path(rel) if Path(rel).is_absolute() else p.parent / rel
+            mod = canonical_modality(mod)
             s = subjects.setdefault(sid, Subject(sid, {}))
             if mod in s.files:
                 raise DatasetError(f"{p}:{i}: subject {sid!r} lists modality {mod!r} twice")
@@ -175,8 +260,9 @@ def split_subjects(
 
     Priority: explicit lists (any given list is used as is; subjects not listed anywhere go to
     train only when ``train`` is not given), then the manifest's split column, then a seeded
-    shuffle (``random.Random(seed)`` on sorted ids; at least one training subject; val/test get
-    ``round(fraction · n)`` subjects each, at least one each when n ≥ 3 and the fraction > 0).
+    shuffle (``random.Random(seed)`` on sorted ids — on sorted groups when subjects are visits of one
+    participant, so visits never cross splits; at least one training subject; val/test get
+    ``round(fraction · n)`` subjects (groups) each, at least one each when n ≥ 3 and the fraction > 0).
     """
     ids = ds.ids()
     explicit = {"train": train, "val": val, "test": test}
@@ -198,7 +284,11 @@ def split_subjects(
         missing = [s for s in ids if ds.subjects[s].split is None]
         out["train"] += missing
         return {k: sorted(v) for k, v in out.items()}
-    shuffled = list(ids)
+    # shuffle groups (a BIDS participant's visits stay together); a subject without a group is its own
+    groups: dict[str, list[str]] = {}
+    for i in ids:
+        groups.setdefault(ds.subjects[i].group or i, []).append(i)
+    shuffled = sorted(groups)
     random.Random(seed).shuffle(shuffled)
     n = len(shuffled)
 
@@ -213,9 +303,8 @@ def split_subjects(
             n_val -= 1
         elif n_test > 0:
             n_test -= 1
-    out = {"test": sorted(shuffled[:n_test]), "val": sorted(shuffled[n_test:n_test + n_val]),
-           "train": sorted(shuffled[n_test + n_val:])}
-    return out
+    parts = {"test": shuffled[:n_test], "val": shuffled[n_test:n_test + n_val], "train": shuffled[n_test + n_val:]}
+    return {k: sorted(i for g in v for i in groups[g]) for k, v in parts.items()}
 
 
 def _check_disjoint(splits: dict[str, list[str]]) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medsyn.data.dataset import LABEL_NAMES, MASK_NAMES, Dataset, discover
+from medsyn.data.layouts import canonical_modality
 from medsyn.errors import DatasetError
 from medsyn.io.image import Volume, read_image
 
@@ -45,6 +46,12 @@ class VerifyReport:
     root: Path
     subjects: list[SubjectReport]
     requested: list[str]
+    layout: str = ""  # the recognised layout, e.g. "brats2023: BraTS 2023-2025 (<id>/<id>-t1n.nii.gz)"
+    found: list[str] = field(default_factory=list)  # modality names found in any subject
+
+    @property
+    def layout_line(self) -> str:
+        return f"layout {self.layout}; modalities found: {', '.join(self.found) or 'none'}"
 
     @property
     def problems(self) -> list[Problem]:
@@ -63,13 +70,13 @@ def verify_dataset(root: str | Path, modalities: list[str] | None = None, *, man
                    resample: bool = False, subjects: list[str] | None = None) -> VerifyReport:
     """Check a dataset; returns a report (the CLI prints it and exits 2 when it has problems)."""
     ds: Dataset = discover(root, manifest)
-    requested = list(modalities or [])
+    requested = [canonical_modality(m) for m in modalities or []]
     reports = []
     for sid in subjects or ds.ids():
         if sid not in ds.subjects:
             raise DatasetError(f"{ds.root}: no subject {sid!r}")
         reports.append(verify_subject(ds, sid, requested, resample))
-    return VerifyReport(ds.root, reports, requested)
+    return VerifyReport(ds.root, reports, requested, ds.describe_layout(), sorted(ds.modalities()))
 
 
 def verify_subject(ds: Dataset, sid: str, requested: list[str], resample: bool) -> SubjectReport:
@@ -78,7 +85,8 @@ def verify_subject(ds: Dataset, sid: str, requested: list[str], resample: bool) 
     where = str(subj.folder or ds.root)
     for m in requested:
         if m not in subj.files:
-            rep.problems.append(Problem(sid, f"{where}/{m}.nii.gz", f"missing modality {m!r} "
+            name = subj.layout.file_name(m) if subj.layout else f"{m}.nii.gz"
+            rep.problems.append(Problem(sid, f"{where}/{name}", f"missing modality {m!r} "
                                         f"(subject has: {', '.join(sorted(subj.files)) or 'no images'})"))
     checked = list(requested) if requested else sorted(subj.files)  # a copy: never grow the caller's list
     others = [m for m in sorted(subj.files) if m not in checked]
