@@ -113,9 +113,13 @@ def predict(
     confidence: bool = typer.Option(False, "--confidence", help="Also write the method's confidence map (Nie et al.'s D2) as <target>_confidence.nii.gz."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best (by validation metric) or last."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    missing: bool = typer.Option(False, "--missing", help="BraSyn run: per subject, synthesise the one absent contrast and write it with the dataset's own naming (e.g. <id>/<id>-t2w.nii.gz); exit 2 if any subject could not be completed."),
 ) -> None:
     """Synthesise the run's target modality for whole volumes, in the input's geometry and real units."""
     from rich.progress import Progress
+
+    if missing:
+        return _predict_missing(run_dir, inputs, out, force=force, checkpoint=checkpoint, device=device)
 
     from medsyn.inference.predict import collect_subjects, load_run, predict_subjects
 
@@ -134,6 +138,22 @@ def predict(
         written = predict_subjects(run, subjects, out, force=force, write_confidence=confidence, progress=cb)
     for p in written:
         console.print(f"wrote {p}")
+
+
+def _predict_missing(run_dir: Path, inputs: list[Path], out: Path, *, force: bool, checkpoint: str, device: str) -> None:
+    """``predict --missing``: complete each subject's absent contrast (medsyn.methods.brasyn)."""
+    from medsyn.methods.brasyn import predict_missing
+
+    if checkpoint not in ("best", "last"):
+        raise typer.BadParameter("--checkpoint must be best or last")
+    res = predict_missing(run_dir, list(inputs), out, which=checkpoint, device=device, force=force)
+    for p in res.written:
+        console.print(f"wrote {p}", highlight=False, soft_wrap=True)
+    for line in res.problems:
+        err_console.print(f"[red]error[/] {line}", highlight=False, soft_wrap=True)
+    if res.problems:
+        err_console.print(f"{len(res.problems)} subject(s) not completed, {len(res.written)} completed")
+        raise typer.Exit(2)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,3 +8,4 @@ from medsyn.methods import nie2018  # noqa: F401,E402
 # one import line per method module:
 from medsyn.methods import qu2023  # noqa: F401,E402
 from medsyn.methods import medgan  # noqa: F401,E402
+from medsyn.methods import brasyn  # noqa: F401,E402
