@@ -185,3 +185,62 @@ def test_casnet_variant_trains(tmp_path, capsys):
                      "--set", "data.patch_size=[32,32]", "--set", "train.batch_size=2",
                      "--max-steps", "1", "--out", tmp_path / "run")
     assert rc == 0, err
+
+
+# ------------------------------------------------------------------------------------------------
+# Downstream check: `medsyn evaluate --segmenter RUN` (medsyn.metrics.downstream)
+# ------------------------------------------------------------------------------------------------
+def test_region_dice_and_unfit():
+    from medsyn.data.qu_slices import fit_to_size
+    from medsyn.metrics.downstream import _unfit, region_dice
+
+    ref = np.array([[0, 1, 2], [3, 3, 0]])
+    pred = np.array([[0, 1, 2], [3, 0, 0]])
+    d = region_dice(pred, ref, 4)
+    assert d["1"] == 1.0 and d["2"] == 1.0 and d["3"] == pytest.approx(2 / 3)
+    assert d["WT"] == pytest.approx(2 * 3 / 7) and d["TC"] == pytest.approx(2 * 2 / 5) and d["ET"] == d["3"]
+    assert region_dice(np.zeros((2, 2), int), np.zeros((2, 2), int), 3) == {"1": 1.0, "2": 1.0}
+    a = np.arange(89 * 71).reshape(89, 71)
+    for size in ([96, 64], [88, 80], [89, 71]):  # pad and crop, odd differences
+        fitted, off = fit_to_size(a, size)
+        back = _unfit(fitted, a.shape, off)
+        inside = _unfit(np.ones(size, bool), a.shape, off)
+        assert np.array_equal(back[inside], a[inside]) and (inside.all() or size[0] < 89 or size[1] < 71)
+
+
+def test_segmenter_dice_real_vs_completed(tmp_path, capsys):
+    import json
+
+    from test_qu_pipeline import TINY_PARAMS, make_qu_dataset
+
+    data = make_qu_dataset(tmp_path / "data", mods=tuple(CONTRASTS))
+    params = {**TINY_PARAMS, "modalities": CONTRASTS, "stages": ["segmenter"]}
+    sets = [x for k, v in params.items() for x in ("--set", f"params.{k}={json.dumps(v)}")]
+    run = tmp_path / "seg"
+    rc, _, err = cli(capsys, "train", "configs/qu_brats.yaml", *sets, "--set", f"data.root={data}",
+                     "--set", "data.test_fraction=0", "--set", "train.sample_every=0", "--max-steps", 2, "--out", run)
+    assert rc == 0, err
+    # "completed" subjects in the BraTS 2023 naming: a copy of the real t2w (a perfect synthesis) for a,
+    # an image of noise for b
+    pred = tmp_path / "pred"
+    (pred / "a").mkdir(parents=True)
+    shutil.copy(data / "a" / "t2w.nii.gz", pred / "a" / "a-t2w.nii.gz")
+    real_b = nib.load(data / "b" / "t1c.nii.gz")
+    noise = np.random.default_rng(0).uniform(0, 1000, real_b.shape).astype(np.float32)
+    (pred / "b").mkdir()
+    nib.save(nib.Nifti1Image(noise, real_b.affine), pred / "b" / "b-t1c.nii.gz")
+    rc, stdout, err = cli(capsys, "evaluate", "--segmenter", run, "--pred", pred, "--ref", data, "--out", tmp_path / "d.json")
+    assert rc == 0, err
+    res = json.loads((tmp_path / "d.json").read_text())
+    a, b = res["per_subject"]["a"], res["per_subject"]["b"]
+    assert a["synthesised"] == ["t2w"] and b["synthesised"] == ["t1c"]
+    assert a["real"] == a["completed"] and set(a["real"]) == {"1", "2", "3", "WT", "TC", "ET"}
+    assert all(0.0 <= v <= 1.0 for v in b["completed"].values())
+    assert res["summary"]["difference"]["WT"] == pytest.approx(res["summary"]["completed"]["WT"] - res["summary"]["real"]["WT"])
+    assert "segmenter Dice" in stdout and res["settings"]["protocol"] == "segmenter"
+
+    # a reference without the label → one line, exit 2
+    (pred / "c").mkdir()
+    shutil.copy(data / "c" / "t2w.nii.gz", pred / "c" / "c-t2w.nii.gz")
+    rc, _, err = cli(capsys, "evaluate", "--segmenter", run, "--pred", pred, "--ref", data, "--out", tmp_path / "e.json")
+    assert rc == 2 and "subject 'c' has no 'seg' label" in " ".join(err.split()) and "Traceback" not in err

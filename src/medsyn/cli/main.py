@@ -161,7 +161,7 @@ def _predict_missing(run_dir: Path, inputs: list[Path], out: Path, *, force: boo
 def evaluate(
     pred: Path = typer.Option(..., "--pred", help="Prediction folder: <subject>/<modality>.nii.gz."),
     ref: Path = typer.Option(..., "--ref", help="Reference dataset folder (or 'sample')."),
-    modality: str = typer.Option(..., "--modality", help="Modality to compare, e.g. t2w or ct."),
+    modality: Optional[str] = typer.Option(None, "--modality", help="Modality to compare, e.g. t2w or ct (required unless --segmenter)."),
     out: Path = typer.Option(Path("metrics.json"), "--out", help="JSON output; a CSV is written beside it."),
     mask: str = typer.Option("auto", "--mask", help="Foreground: auto (brainmask/bodymask, else computed), or a file name such as brainmask or seg."),
     data_range: str = typer.Option("ref", "--data-range", help="'ref' (per-subject max-min of the reference in the mask) or a number (e.g. 4024 for CT HU)."),
@@ -170,10 +170,16 @@ def evaluate(
     lpips_backbone: Optional[Path] = typer.Option(None, "--lpips-backbone", help="ImageNet trunk for LPIPS in torchvision's alexnet/vgg16 state-dict layout (not needed if --lpips-weights holds a whole lpips.LPIPS state dict)."),
     lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS trunk the files are for: alex or vgg."),
     protocol: str = typer.Option("default", "--protocol", help="default (medsyn's metrics), or a challenge's official scorer: brasyn, synthrad2023, synthrad2025 (docs/challenges.md)."),
+    segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="BraSyn downstream check: a Qu et al. pipeline run whose 4-contrast segmenter segments each subject with its real and with its completed contrasts (--pred: the completed contrasts); Dice per label and region."),
 ) -> None:
     """Per-subject and summary metrics (MAE, PSNR, SSIM, ...) per region, with the data range and mask stated."""
     from medsyn.data.dataset import resolve_root
     from medsyn.metrics.evaluate import evaluate_predictions, write_results
+
+    if segmenter is not None:
+        return _evaluate_segmenter(segmenter, pred, resolve_root(str(ref)), out)
+    if modality is None:
+        raise ConfigError("--modality: give the modality to compare, e.g. --modality t2w (or --segmenter RUN)")
 
     model = None
     if lpips_weights is not None:
@@ -187,6 +193,23 @@ def evaluate(
     j, c = write_results(res, out)
     _print_summary(res)
     console.print(f"wrote {j} and {c}")
+
+
+def _evaluate_segmenter(run: Path, pred: Path, ref: Path, out: Path) -> None:
+    """``evaluate --segmenter``: Dice with real vs completed inputs (medsyn.metrics.downstream)."""
+    from medsyn.metrics.downstream import segmenter_dice, write_segmenter_results
+
+    res = segmenter_dice(run, pred, ref)
+    table = Table(title=f"segmenter Dice, mean over {len(res['per_subject'])} subjects")
+    table.add_column("inputs", no_wrap=True)
+    keys = list(res["summary"]["real"])
+    for k in keys:
+        table.add_column(k)
+    for kind in ("real", "completed", "difference"):
+        table.add_row(kind, *(f"{res['summary'][kind][k]:+.4f}" if kind == "difference" else f"{res['summary'][kind][k]:.4f}"
+                              for k in keys))
+    console.print(table)
+    console.print(f"wrote {write_segmenter_results(res, out)}")
 
 
 def _print_summary(res: dict) -> None:
