@@ -179,12 +179,12 @@ def test_missing_needs_a_brasyn_run(tmp_path, capsys):
 
 
 def test_casnet_variant_trains(tmp_path, capsys):
-    rc, _, err = cli(capsys, "train", "configs/brasyn.yaml", "--set", "method=brasyn-casnet",
+    rc, _, err = cli(capsys, "train", "configs/brasyn_casnet.yaml",
                      "--set", "params.n_blocks=1", "--set", "params.depth=3", "--set", "params.base_channels=4",
-                     "--set", "params.d_base_channels=4", "--set", "data.context_slices=1",
-                     "--set", "data.patch_size=[32,32]", "--set", "train.batch_size=2",
-                     "--max-steps", "1", "--out", tmp_path / "run")
+                     "--set", "params.d_base_channels=4", "--set", "data.patch_size=[32,32]",
+                     "--set", "train.batch_size=2", "--max-steps", "1", "--out", tmp_path / "run")
     assert rc == 0, err
+    assert load_config(tmp_path / "run" / "config.yaml").method == "brasyn-casnet"
 
 
 # ------------------------------------------------------------------------------------------------
