@@ -7,6 +7,7 @@ agree), a 2-step training run of configs/brasyn.yaml on the bundled sample, and
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -155,6 +156,12 @@ def test_train_then_complete_a_brats2023_dataset(tmp_path, capsys):
     arr = np.asarray(img.dataobj, dtype=np.float64)
     assert np.isfinite(arr).all() and arr.std() > 0
 
+    # medsyn evaluate finds a prediction named in the dataset's own layout
+    rc, _, err = cli(capsys, "evaluate", "--pred", out, "--ref", "sample", "--modality", "t2w", "--metrics", "mae",
+                     "--out", tmp_path / "m.json")
+    assert rc == 0, err
+    assert list(json.loads((tmp_path / "m.json").read_text())["subjects"]) == [SAMPLE_GLI]
+
     # the completed folder reads back as the same layout with the synthesised contrast
     shutil.copy(written, data / SAMPLE_GLI / written.name)
     rc, _, err = cli(capsys, "predict", run, data / SAMPLE_GLI, "--missing", "--out", tmp_path / "again")
@@ -209,8 +216,6 @@ def test_region_dice_and_unfit():
 
 
 def test_segmenter_dice_real_vs_completed(tmp_path, capsys):
-    import json
-
     from test_qu_pipeline import TINY_PARAMS, make_qu_dataset
 
     data = make_qu_dataset(tmp_path / "data", mods=tuple(CONTRASTS))

@@ -45,7 +45,12 @@ def _find_pred(pred_dir: Path, sid: str, modality: str) -> Path | None:
         p = pred_dir / sid / f"{modality}{suffix}"
         if p.is_file():
             return p
-    return None
+    # a prediction named as its dataset names it (BraTS 2023 <id>/<id>-t2w.nii.gz, medsyn.data.layouts)
+    from medsyn.data.dataset import read_subject_folder
+    from medsyn.data.layouts import canonical_modality
+
+    d = pred_dir / sid
+    return read_subject_folder(d).files.get(canonical_modality(modality)) if d.is_dir() else None
 
 
 def _subjects(pred_dir: Path, ref_root: str | Path, manifest: str | Path | None,
