@@ -249,11 +249,6 @@ class _MissingContrastMethod:
         self.networks["G"] = MissingContrastInput(self.networks["G"], n, self.context,
                                                   cfg.contrasts.index(cfg.validate_missing), cfg.fill_value)
 
-    @torch.no_grad()
-    def synthesise(self, x: torch.Tensor, missing: int) -> torch.Tensor:
-        """All contrasts (B, N·k, H, W), contrast ``missing`` absent (any values) → it, (B, 1, H, W)."""
-        return self.networks["G"](x, missing)
-
 
 class BraSynNie(_MissingContrastMethod, NieDualGAN):
     """Nie et al.'s dual-discriminator GAN with attention, completing any missing contrast."""
