@@ -70,6 +70,11 @@ def test_config_accepts_both_spellings():
     b = load_config(None, ["data.source=[t1c,t2f]", "data.target=t2w"])
     assert a.data.source == b.data.source == ["t1c", "t2f"] and a.data.target == b.data.target == "t2w"
     assert canonical_modality("T1w") == "T1w" and canonical_modality("ct") == "ct"
+    # method parameters that name contrasts resolve the same way
+    q = load_config("configs/qu_brats.yaml", ["params.modalities=[t1,t1ce,t2,flair]"])
+    assert q.params["modalities"] == ["t1n", "t1c", "t2w", "t2f"]
+    b = load_config("configs/brasyn.yaml", ["params.contrasts=[t1,t1ce,t2,flair]", "params.validate_missing=t2"])
+    assert b.params["contrasts"] == ["t1n", "t1c", "t2w", "t2f"] and b.params["validate_missing"] == "t2w"
 
 
 def test_synthrad_2023_nested_release_and_2025_mha(tmp_path):

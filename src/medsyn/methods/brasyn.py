@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medsyn.data.layouts import canonical_modality
 from medsyn.errors import ConfigError, DatasetError, GeometryError, OutputError
 from medsyn.methods.base import MethodSpec, register
 from medsyn.methods.medgan import MedGAN, MedGANConfig, make_whole_slice_sampler
@@ -205,6 +206,11 @@ class _MissingContrastParams:
     contrasts: list[str] = field(default_factory=lambda: list(BRASYN_CONTRASTS))  # channel order = data.source
     validate_missing: str = "t2w"  # (choice) what validation synthesises; must equal data.target
     fill_value: float = 0.0  # the missing contrast's input value ("zero-filled", BraSyn task)
+
+    def __post_init__(self) -> None:
+        # BraTS 2021 spellings accepted, as in data.source (medsyn.data.layouts)
+        self.contrasts = [canonical_modality(m) for m in self.contrasts]
+        self.validate_missing = canonical_modality(self.validate_missing)
 
     def _validate_contrasts(self, prefix: str) -> None:
         if len(self.contrasts) < 2 or len(set(self.contrasts)) != len(self.contrasts):

@@ -49,6 +49,7 @@ from medsyn.data.structure import (
     one_hot_label_torch,
     structural_feature_map_torch,
 )
+from medsyn.data.layouts import canonical_modality
 from medsyn.errors import ConfigError, DatasetError
 from medsyn.losses.qu import (
     QuLossWeights,
@@ -152,6 +153,10 @@ class QuConfig:
     label_rotation_deg: list[float] = field(default_factory=lambda: [-180.0, 180.0])  # (choice)
     label_translation: float = 0.05  # (choice) fraction of each side
     label_flip_prob: float = 0.5  # (choice)
+
+    def __post_init__(self) -> None:
+        # BRATS2015/BraTS 2021 spellings (t1, t2, flair, t1ce) name the files discover keys as t1n, t2w, t2f, t1c
+        self.modalities = [canonical_modality(m) for m in self.modalities]
 
     def validate(self, prefix: str = "params") -> None:
         if not self.modalities or len(set(self.modalities)) != len(self.modalities):
