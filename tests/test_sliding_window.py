@@ -20,6 +20,7 @@ from medsyn.inference.sliding_window import (
     GridSampler,
     WeightedAggregator,
     blend_weights,
+    foreground_box,
     predict_volume_25d,
     predict_volume_patches,
     window_starts,
@@ -414,3 +415,90 @@ def test_wrong_volume_rank_and_shrinking_model_are_reported():
         predict_volume_25d(lambda x: x, random_volume((10, 10, 4)))
     with pytest.raises(ValueError, match="spatial size"):
         predict_volume_25d(lambda x: x[:, :1, 1:-1, 1:-1], random_volume((1, 10, 10, 3)), context=1, patch_size=(8, 8))
+
+
+# ------------------------------------------------------------- foreground-aware inference
+
+
+def blob_mask(shape, seed=0) -> np.ndarray:
+    """A brain-like blob (ellipsoid) plus one stray voxel on a slice of its own, (X, Y, Z) bool."""
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    mask = (x / 0.45) ** 2 + ((y - 0.1) / 0.6) ** 2 + (z / 0.6) ** 2 <= 1
+    mask[2, 3, shape[2] - 1] = True  # a slice with a single foreground voxel near a corner
+    return mask
+
+
+def unet(in_channels: int, seed: int = 0) -> torch.nn.Module:
+    from medsyn.models.generators.unet25d import UNet25D
+
+    torch.manual_seed(seed)
+    return UNet25D(in_channels, 1, base=4, depth=2).eval()
+
+
+def test_skipping_windows_and_slices_equals_the_full_computation_inside_the_mask():
+    """Same tiling, windows/slices without foreground skipped: identical inside, background outside."""
+    volume = random_volume((2, 40, 36, 12))
+    mask = blob_mask(volume.shape[1:])
+    model = unet(2 * 3)
+    calls = []
+    counted = lambda x: (calls.append(len(x)), model(x))[1]  # noqa: E731
+    full = predict_volume_25d(model, volume, context=3, patch_size=(16, 16), batch_size=5)
+    ours = predict_volume_25d(counted, volume, context=3, patch_size=(16, 16), batch_size=5, mask=mask,
+                              crop_to_mask=False, background=-3.0)
+    assert np.abs(ours[0][mask] - full[0][mask]).max() <= 1e-5
+    assert (ours[0][~mask] == -3.0).all()
+    n_full = 12 * len(window_starts(40, 16, 8)) * len(window_starts(36, 16, 8))
+    assert 0 < sum(calls) < n_full  # windows were skipped
+
+
+def test_crop_to_the_mask_box_equals_the_full_computation_on_that_box():
+    volume = random_volume((1, 48, 40, 10))
+    mask = blob_mask(volume.shape[1:])
+    mask[2, 3, -1] = False
+    model = unet(3)
+    ours = predict_volume_25d(model, volume, context=3, patch_size=(16, 16), batch_size=7, mask=mask)
+    box = foreground_box(mask.any(axis=2), (16, 16))
+    on_box = predict_volume_25d(model, volume[:, box[0], box[1]], context=3, patch_size=(16, 16), batch_size=7)
+    inside = mask[box[0], box[1]]
+    assert np.abs(ours[0, box[0], box[1]][inside] - on_box[0][inside]).max() <= 1e-5
+    assert (ours[0][~mask] == 0).all()
+
+
+@pytest.mark.parametrize("crop", [True, False])
+@pytest.mark.parametrize("slice_axis", [0, 2])
+def test_identity_with_a_mask_is_exact_inside_and_background_outside(crop, slice_axis):
+    """Position-independent model: any tiling gives the input back, so the crop must too."""
+    volume = random_volume((1, 30, 26, 14))
+    mask = blob_mask(volume.shape[1:])
+    out = predict_volume_25d(centre_slice_of_modality_0(3), volume, slice_axis=slice_axis, context=3,
+                             patch_size=(8, 8), overlap=0.5, mask=mask, crop_to_mask=crop, background=7.0)
+    np.testing.assert_allclose(out[0][mask], volume[0][mask], rtol=0, atol=1e-6)
+    assert (out[0][~mask] == 7.0).all()
+
+
+def test_foreground_box_grows_to_one_window_and_stays_inside():
+    mask = np.zeros((20, 30), bool)
+    mask[1:3, 25:28] = True
+    box = foreground_box(mask, (8, 8))
+    assert box == (slice(0, 8), slice(22, 30))  # widened to 8, shifted inside the image
+    assert foreground_box(np.zeros((5, 6), bool), (8, 8)) == (slice(0, 5), slice(0, 6))
+    assert foreground_box(mask, (40, 4)) == (slice(0, 20), slice(25, 29))
+
+
+def test_empty_mask_gives_background_and_sampler_counts_kept_windows():
+    volume = random_volume((1, 16, 16, 4))
+    out = predict_volume_25d(small_convnet(3, 1), volume, context=3, patch_size=(8, 8),
+                             mask=np.zeros((16, 16, 4), bool), background=2.0)
+    assert out.shape == (1, 16, 16, 4) and (out == 2.0).all()
+    sampler = GridSampler((4, 16, 16), (1, 8, 8))
+    mask = np.zeros((4, 16, 16), bool)
+    mask[1, 0, 0] = mask[3, 15, 15] = True
+    sampler.keep_windows_touching(mask)
+    assert sampler.grid_size == 36 and len(sampler) == 2
+    assert sampler.locations().tolist() == [[1, 0, 0], [3, 8, 8]]
+
+
+def test_mask_of_the_wrong_shape_is_reported():
+    with pytest.raises(ValueError, match="mask"):
+        predict_volume_25d(centre_slice_of_modality_0(3), random_volume((1, 10, 10, 4)), context=3,
+                           patch_size=(8, 8), mask=np.ones((10, 10, 5), bool))

@@ -110,6 +110,15 @@ class InferenceConfig:
     # MR: 0). Turn off when the target extends beyond the source's mask (e.g. CT skull vs a
     # skull-stripped MR source).
     mask_background: bool = True
+    # which voxels are computed (docs/inference.md); only with mask_background, whose mask it uses:
+    # "foreground": tile each slice's box around the source foreground mask, skip the windows and
+    #   slices that hold none of it (fastest; inside the mask equal to the full computation on
+    #   that tiling); "foreground-grid": skip on the whole slice's grid (inside the mask equal to
+    #   "full"); "full": every window of every slice (the whole field of view).
+    region: Literal["foreground", "foreground-grid", "full"] = "foreground"
+    fold_batchnorm: bool = True  # fold eval-mode BatchNorm into the convolution before it (same values)
+    compile: bool = False  # torch.compile (inductor): minutes of compilation first; pays off on many volumes
+    amp: bool = False  # bf16 autocast (CUDA, or a CPU with native bf16); outputs differ from fp32 by ~1e-3
 
 
 @dataclass

@@ -114,6 +114,9 @@ def predict(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best (by validation metric) or last."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     missing: bool = typer.Option(False, "--missing", help="BraSyn run: per subject, synthesise the one absent contrast and write it with the dataset's own naming (e.g. <id>/<id>-t2w.nii.gz); exit 2 if any subject could not be completed."),
+    full_fov: bool = typer.Option(False, "--full-fov", help="Compute every window of every slice (inference.region=full) instead of only the source foreground's box; needed only where values outside the mask matter."),
+    amp: bool = typer.Option(False, "--amp", help="bf16 autocast (inference.amp): CUDA, or a CPU with native bf16; differs from fp32 by ~1e-3."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the generator (inference.compile): minutes of compilation first, pays off over many volumes."),
 ) -> None:
     """Synthesise the run's target modality for whole volumes, in the input's geometry and real units."""
     from rich.progress import Progress
@@ -126,6 +129,9 @@ def predict(
     if checkpoint not in ("best", "last"):
         raise typer.BadParameter("--checkpoint must be best or last")
     run = load_run(run_dir, checkpoint, device)
+    inf = run.cfg.inference
+    inf.region = "full" if full_fov else inf.region
+    inf.amp, inf.compile = inf.amp or amp, inf.compile or compile_model
     subjects = collect_subjects(inputs, list(run.cfg.data.source))
     with Progress(console=console) as prog:
         tasks: dict[str, int] = {}

@@ -27,6 +27,7 @@ from medsyn.data.pipeline import normalize_case
 from medsyn.data.sampling import AXES
 from medsyn.errors import CheckpointError, DatasetError, OutputError
 from medsyn.inference.sliding_window import predict_volume_25d
+from medsyn.inference.speedups import amp_dtype, compile_model, fold_batchnorm
 from medsyn.io.image import image_stem, is_image_path, write_like
 from medsyn.methods import METHODS, Method
 from medsyn.training import checkpoint as ckpt
@@ -77,13 +78,33 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
     return LoadedRun(cfg, method, norm, k, path, dev)
 
 
+def inference_generator(method: Method, cfg: RunConfig, *, compiled: bool | None = None) -> torch.nn.Module:
+    """The method's generator prepared for inference (``cfg.inference``): an eval-mode copy with
+    BatchNorm folded into the convolutions (``fold_batchnorm``), optionally compiled (``compiled``,
+    default ``cfg.inference.compile``). Prepare it once per set of weights; the method is unchanged."""
+    G = method.networks[method.generator_name]
+    inf = cfg.inference
+    prepared = fold_batchnorm(G) if inf.fold_batchnorm else G
+    if inf.compile if compiled is None else compiled:
+        prepared = compile_model(prepared)
+    return prepared
+
+
 def predict_case_arrays(method: Method, source: np.ndarray, cfg: RunConfig, device: torch.device, *,
-                        context: int, confidence: bool = False,
+                        context: int, confidence: bool = False, mask: np.ndarray | None = None,
+                        generator: torch.nn.Module | None = None,
                         progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Normalised sources (M, X, Y, Z) → (prediction (X, Y, Z) in network range, confidence or None)."""
+    """Normalised sources (M, X, Y, Z) → (prediction (X, Y, Z) in network range, confidence or None).
+
+    ``mask`` (bool (X, Y, Z), the source foreground): with ``cfg.inference.region`` other than
+    ``"full"``, only what the mask needs is computed and voxels outside it are 0 (the caller
+    writes the target's background there). ``generator``: from :func:`inference_generator`;
+    default: prepared here without compiling (validation, whose weights change every time).
+    """
     was_training = method.training
     method.eval()
-    G = method.networks[method.generator_name]
+    inf = cfg.inference
+    G = generator if generator is not None else inference_generator(method, cfg, compiled=False)
 
     def model(x: torch.Tensor) -> torch.Tensor:
         pred = G(x)
@@ -93,11 +114,12 @@ def predict_case_arrays(method: Method, source: np.ndarray, cfg: RunConfig, devi
                 return torch.cat([pred, conf], dim=1)
         return pred
 
-    amp = method.runtime.amp_dtype
-    inf = cfg.inference
+    amp = amp_dtype(device, True) if inf.amp else method.runtime.amp_dtype
+    use_mask = mask is not None and inf.region != "full"
     out = predict_volume_25d(model, source, slice_axis=AXES[cfg.data.slice_axis], context=context,
                              patch_size=tuple(cfg.data.patch_size), overlap=inf.overlap, blend=inf.blend,
-                             batch_size=inf.batch_size, device=device, autocast_dtype=amp, progress=progress)
+                             batch_size=inf.batch_size, device=device, autocast_dtype=amp, progress=progress,
+                             mask=mask if use_mask else None, crop_to_mask=inf.region == "foreground")
     method.train(was_training)
     conf_map = out[1] if out.shape[0] > 1 else None
     return out[0], conf_map
@@ -151,14 +173,18 @@ def predict_subjects(run: LoadedRun, subjects: list[Subject], out_dir: str | Pat
     check_outputs(out_dir, subjects, target, force)
     written = []
     tn = run.norm.target_normalizer()
+    generator = inference_generator(run.method, cfg)  # once for all subjects (compiling is slow)
     for s in subjects:
         case: Case = load_case(s, list(cfg.data.source), None, mask=None, label=None, resample=cfg.data.resample,
                                require_target=False)
         _warn_out_of_distribution(run, case)
         nc = normalize_case(case, run.norm, cfg.data.source)
         cb = (lambda d, t, sid=s.id: progress(sid, d, t)) if progress else None
+        # the foreground-aware region needs the mask that is written as background below
+        mask = case.mask if cfg.inference.mask_background else None
         pred_n, conf = predict_case_arrays(run.method, nc.source, cfg, run.device, context=run.context,
-                                           confidence=write_confidence, progress=cb)
+                                           confidence=write_confidence, mask=mask, generator=generator,
+                                           progress=cb)
         pred = tn.inverse(pred_n)
         # outside the foreground the target is background (0 for skull-stripped MR, air for CT):
         # write the training targets' background value there rather than the network's guess

@@ -45,6 +45,7 @@ __all__ = [
     "GridSampler",
     "WeightedAggregator",
     "blend_weights",
+    "foreground_box",
     "gather_patches",
     "gather_slice_stacks",
     "predict_volume_25d",
@@ -148,6 +149,30 @@ class GridSampler:
             window_starts(s, p, st) for s, p, st in zip(self.padded_shape, self.patch_size, self.stride)
         )
         self._grid_shape = tuple(len(s) for s in self.starts)
+        self._selected: np.ndarray | None = None  # flat grid indices kept by keep_windows_touching
+
+    def keep_windows_touching(self, mask: np.ndarray | torch.Tensor) -> GridSampler:
+        """Keep only the windows that hold at least one ``True`` voxel of ``mask``; returns ``self``.
+
+        ``mask``: boolean, ``spatial_shape`` (unpadded coordinates). Positions keep their
+        row-major order; ``len``, :meth:`locations` and :meth:`batches` then list only these.
+        The grid itself (``starts``) is unchanged, so the aggregator's normaliser is still the
+        full grid's: a voxel of the mask is covered by exactly the windows that cover it on the
+        full grid (each of them holds that voxel), and its weighted average is unchanged.
+        """
+        mask = torch.as_tensor(mask).cpu().numpy().astype(bool)
+        if mask.shape != self.spatial_shape:
+            raise ValueError(f"mask shape {mask.shape} != image shape {self.spatial_shape}")
+        padded = np.zeros(self.padded_shape, dtype=bool)
+        padded[self.crop_slices()] = mask
+        # "any voxel in the window" reduced axis by axis: (…, size, …) → (…, n_windows, …)
+        hit = padded
+        for axis, (starts, p) in enumerate(zip(self.starts, self.patch_size)):
+            cum = np.concatenate([np.zeros_like(hit.take([0], axis), dtype=np.int64),
+                                  np.cumsum(hit, axis=axis, dtype=np.int64)], axis=axis)
+            hit = (cum.take(starts + p, axis) - cum.take(starts, axis)) > 0
+        self._selected = np.flatnonzero(hit.reshape(-1))
+        return self
 
     @property
     def ndim(self) -> int:
@@ -158,12 +183,18 @@ class GridSampler:
         return any(b or a for b, a in self.padding)
 
     def __len__(self) -> int:
+        return math.prod(self._grid_shape) if self._selected is None else len(self._selected)
+
+    @property
+    def grid_size(self) -> int:
+        """Number of windows on the full grid (before :meth:`keep_windows_touching`)."""
         return math.prod(self._grid_shape)
 
     def locations(self, first: int = 0, stop: int | None = None) -> np.ndarray:
         """Window starts ``(N, ndim)`` (padded coordinates) of positions ``first … stop - 1``."""
         stop = len(self) if stop is None else min(stop, len(self))
-        idx = np.unravel_index(np.arange(first, stop), self._grid_shape)
+        flat = np.arange(first, stop) if self._selected is None else self._selected[first:stop]
+        idx = np.unravel_index(flat, self._grid_shape)
         return np.stack([s[i] for s, i in zip(self.starts, idx)], axis=1).reshape(-1, self.ndim)
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
@@ -406,13 +437,25 @@ def _sliding_window(
     autocast_dtype: torch.dtype | None,
     progress: Progress | None,
     channels_last: bool | None = None,
+    mask: torch.Tensor | None = None,
+    background: float = 0.0,
+    pad_source: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Shared loop: pad → for each batch of windows: gather, model, aggregate → crop."""
+    """Shared loop: pad → for each batch of windows: gather, model, aggregate → crop.
+
+    ``mask`` (bool, ``sampler.spatial_shape``): compute only the windows holding a mask voxel;
+    voxels outside the mask get ``background``. ``pad_source``: the volume the default pad value
+    (each channel's minimum) is taken from, when ``volume`` is a crop of it.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if pad_value is not None or sampler.needs_padding:  # a wrong pad_value fails even when unused
-        pad = _pad_values(volume, pad_value, volume.shape[0])
+        pad = _pad_values(volume if pad_source is None else pad_source, pad_value, volume.shape[0])
         volume = sampler.pad(volume, pad)
+    if mask is not None:
+        sampler.keep_windows_touching(mask)
+        if len(sampler) == 0:  # empty mask: one window, only to learn the output's channels
+            sampler._selected = np.zeros(1, dtype=np.int64)
     aggregator = WeightedAggregator(sampler, blend_weights(sampler.patch_size, blend), device=device)
     total, done = len(sampler), 0
     was_training = isinstance(model, torch.nn.Module) and model.training
@@ -429,7 +472,10 @@ def _sliding_window(
     finally:
         if was_training:
             model.train()
-    return aggregator.result()
+    out = aggregator.result()
+    if mask is not None:
+        out[:, ~mask.to(out.device)] = background
+    return out
 
 
 def _as_volume(volume: ArrayLike, ndim: int, layout: str, device: torch.device) -> torch.Tensor:
@@ -439,6 +485,28 @@ def _as_volume(volume: ArrayLike, ndim: int, layout: str, device: torch.device) 
     if not tensor.is_floating_point():
         tensor = tensor.float()
     return tensor.to(device, torch.float32)
+
+
+def foreground_box(mask: ArrayLike, patch_size: Sequence[int]) -> tuple[slice, ...]:
+    """Bounding box of ``mask``'s ``True`` voxels, grown to at least one window, as slices.
+
+    Per axis: ``[first, last + 1)`` of the voxels holding the mask, widened symmetrically to the
+    window size where it is smaller and shifted to stay inside the image (so the windows see
+    real image rather than padding); an axis shorter than the window is kept whole. An empty
+    mask gives the whole image.
+    """
+    mask = torch.as_tensor(mask).cpu().numpy().astype(bool)
+    patch = _as_tuple(patch_size, mask.ndim, "patch_size")
+    if not mask.any():
+        return tuple(slice(0, n) for n in mask.shape)
+    box = []
+    for axis, (n, p) in enumerate(zip(mask.shape, patch)):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        lo, hi = int(hit[0]), int(hit[-1]) + 1
+        extent = min(max(hi - lo, int(p)), n)
+        start = min(max(lo - (extent - (hi - lo)) // 2, 0), n - extent)
+        box.append(slice(start, start + extent))
+    return tuple(box)
 
 
 def predict_volume_25d(
@@ -457,12 +525,25 @@ def predict_volume_25d(
     autocast_dtype: torch.dtype | None = None,
     progress: Progress | None = None,
     channels_last: bool | None = None,
+    mask: ArrayLike | None = None,
+    crop_to_mask: bool = True,
+    background: float = 0.0,
 ) -> np.ndarray:
     """Predict a whole volume with a 2.5D (or, ``context=1``, 2D) slice-wise network.
 
     Every slice along ``slice_axis`` is predicted from its ``context`` neighbours with
     overlapping in-plane windows that always reach the last rows/columns; windows of several
     slices share a batch.
+
+    Foreground-aware inference (``mask`` given): the slices and windows that hold no voxel of
+    ``mask`` are not computed, and with ``crop_to_mask`` every slice is first cropped to the
+    mask's in-plane bounding box (:func:`foreground_box`, at least one window wide) so the
+    windows tile the box instead of the whole slice. Voxels outside the mask are
+    ``background``. Inside the mask the result equals the full computation on the same tiling:
+    skipping changes nothing there (every window covering a mask voxel is kept, the
+    normaliser is the full grid's). The crop moves the windows, so against a full-field-of-view
+    run the values inside the mask differ by the network's dependence on window position
+    (its zero-padded borders); ``crop_to_mask=False`` keeps the full-FOV tiling exactly.
 
     Args:
         model: ``(B, M·k, ph, pw) → (B, C_out, ph, pw)``; channel ``m·k + j`` is modality ``m``
@@ -488,6 +569,10 @@ def predict_volume_25d(
             the same; outputs agree to float rounding). ``None`` (auto): on for 2D windows on the
             CPU, where oneDNN's convolutions are 1.4–1.7× faster on it (UNet25D base 32, 144²,
             2 threads: 40 vs 68 ms per window), off on CUDA (not measured there).
+        mask: optional ``(X, Y, Z)`` boolean foreground (e.g. the source's brain mask): compute
+            only what the mask needs, see above. ``None``: the full field of view.
+        crop_to_mask: with ``mask``, tile each slice's mask bounding box rather than the slice.
+        background: value written outside ``mask``.
 
     Returns:
         ``(C_out, X, Y, Z)`` float32 numpy array on the input grid.
@@ -498,10 +583,23 @@ def predict_volume_25d(
         raise ValueError(f"context (slices per stack) must be a positive odd integer, got {context}")
     device = _model_device(model, device)
     vol = _as_volume(volume, 4, "(M, X, Y, Z)", device)
+    spatial_shape = tuple(vol.shape[1:])
     in_plane = [a for a in (0, 1, 2) if a != slice_axis]
     # Slice-first view (M, S, A, B); gathering k slices × window is one indexed copy per window.
     vol = vol.permute(0, 1 + slice_axis, 1 + in_plane[0], 1 + in_plane[1]).contiguous()
     patch = tuple(int(p) for p in _as_tuple(patch_size, 2, "patch_size"))
+    fg = box = None
+    if mask is not None:
+        fg = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).to(device)
+        if tuple(fg.shape) != spatial_shape or fg.dtype != torch.bool:
+            raise ValueError(f"mask must be a boolean (X, Y, Z) array of the volume's shape {spatial_shape}, "
+                             f"got {fg.dtype} {tuple(fg.shape)}")
+        fg = fg.permute(slice_axis, *in_plane)
+        if crop_to_mask:
+            box = (slice(None), *foreground_box(fg.any(dim=0), patch))
+    full = vol
+    if box is not None:  # tile the mask's in-plane box: (M, S, a, b), all slices kept for context
+        vol, fg = vol[(slice(None), *box)], fg[box]
     overlap_ = None if stride is not None else (0.0, *_as_tuple(overlap, 2, "overlap"))
     stride_ = None if stride is None else (1, *_as_tuple(stride, 2, "stride"))
     sampler = GridSampler(vol.shape[1:], (1, *patch), overlap=overlap_, stride=stride_)
@@ -518,7 +616,14 @@ def predict_volume_25d(
         autocast_dtype=autocast_dtype,
         progress=progress,
         channels_last=channels_last,
+        mask=fg,
+        background=background,
+        pad_source=full,
     )
+    if box is not None:
+        cropped, out = out, torch.full((out.shape[0], *full.shape[1:]), float(background), dtype=out.dtype,
+                                       device=out.device)
+        out[(slice(None), *box)] = cropped
     # (C, S, A, B) back to (C, X, Y, Z)
     order = [0] * 4
     for position, axis in enumerate((slice_axis, *in_plane)):
