@@ -118,3 +118,17 @@ def test_fresh_run_refuses_existing_folder(tmp_path):
     assert main(["train", "configs/nie2018_brats_t1_t2.yaml", *TINY, "--max-steps", "1", "--out", str(out)]) == 2
     assert (out / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_predict_flags_set_the_inference_config(trained, tmp_path, monkeypatch):
+    """--full-fov / --amp / --compile reach cfg.inference; the default is foreground-aware."""
+    import medsyn.inference.predict as predict_module
+
+    seen = []
+    monkeypatch.setattr(predict_module, "predict_subjects",
+                        lambda run, *a, **k: seen.append((run.cfg.inference.region, run.cfg.inference.amp,
+                                                          run.cfg.inference.compile)) or [])
+    args = ["predict", str(trained), str(sample_root() / TEST), "--out", str(tmp_path / "p")]
+    assert main(args) == 0
+    assert main([*args, "--full-fov", "--amp", "--compile"]) == 0
+    assert seen == [("foreground", False, False), ("full", True, True)]
