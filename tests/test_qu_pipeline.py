@@ -211,7 +211,7 @@ def test_interrupted_stage_resumes_exactly_and_finished_stages_are_skipped(tmp_p
     a, b = tmp_path / "a", tmp_path / "b"
     run_pipeline(tiny_cfg(dataset, max_steps=3, **cfg), a, progress=False)
     # stopped by its time budget after one step: the pipeline stops there
-    res = run_pipeline(tiny_cfg(dataset, max_steps=3, minutes=0.0, **cfg), b, progress=False)
+    res = run_pipeline(tiny_cfg(dataset, max_steps=3, minutes=1e-6, **cfg), b, progress=False)
     assert res.stopped == "minutes" and not stage_dir(b, "assist").exists()
     assert json.loads((b / "pipeline.json").read_text())["stages"]["structure"]["status"] == "stopped"
     with pytest.raises(ConfigError, match="differs"):

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -43,6 +45,16 @@ class NormConfig:
     clip: float = 5.0  # zscore kind: |z| clipped here, then divided by it
     low: float = -1024.0  # window kind: native-unit window (HU for CT)
     high: float = 3000.0
+
+    NUMERIC_BOUNDS: ClassVar[dict[str, Bound]] = {}  # filled below, once Bound exists
+
+    def validate(self, prefix: str = "") -> None:
+        if self.kind == "percentile" and not self.lower < self.upper:
+            raise ConfigError(f"config keys '{prefix}.lower' / '{prefix}.upper': got {self.lower} / {self.upper}, "
+                              "expected lower < upper percentiles, e.g. 0.5 and 99.5")
+        if self.kind == "window" and not self.low < self.high:
+            raise ConfigError(f"config keys '{prefix}.low' / '{prefix}.high': got {self.low} / {self.high}, "
+                              "expected low < high, e.g. -1024 and 3000 HU")
 
 
 @dataclass
@@ -131,6 +143,133 @@ class RunConfig:
 
 
 # ----------------------------------------------------------------------------------------------
+# Numeric bounds: one declared range per numeric field, checked by one function
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The allowed range of a numeric config field (or of every item of a numeric list).
+
+    ``lo``/``hi`` None: unbounded on that side (the value must still be finite).
+    ``note`` is appended to the message, e.g. "0 switches it off".
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    note: str = ""
+
+    def ok(self, v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+
+    def describe(self, integer: bool) -> str:
+        kind = "an integer" if integer else "a number"
+        if self.lo is not None and self.hi is not None:
+            rng = f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            rng = f"{'>' if self.lo_open else '≥'} {self.lo:g}"
+        elif self.hi is not None:
+            rng = f"{'<' if self.hi_open else '≤'} {self.hi:g}"
+        else:
+            rng = "(finite)"
+        return f"{kind} {rng}" + (f" ({self.note})" if self.note else "")
+
+
+POSITIVE = Bound(0, lo_open=True)
+NON_NEGATIVE = Bound(0)
+AT_LEAST_1 = Bound(1)
+UNIT = Bound(0, 1)  # fractions, probabilities, Dice
+UNIT_OPEN = Bound(0, 1, hi_open=True)  # dropout, Adam β, overlap
+FINITE = Bound()
+
+#: Field name (fnmatch pattern) → allowed range, first match wins. A config dataclass may declare
+#: ``NUMERIC_BOUNDS`` (a ClassVar of the same form) for its own fields; those are looked up first.
+#: tests/test_newuser.py checks that every numeric field of every config class has a bound.
+BOUND_RULES: list[tuple[str, Bound]] = [
+    ("lr_decay_every", AT_LEAST_1),
+    ("lr_decay_*", Bound(0, 1, lo_open=True, note="the factor the learning rate is multiplied by")),
+    ("lr", Bound(0, lo_open=True, note="a positive learning rate")),
+    ("lr_*", Bound(0, lo_open=True, note="a positive learning rate")),
+    ("lambda*", Bound(0, note="a loss weight; 0 switches the term off")),
+    ("*weight*", Bound(0, note="a weight; 0 switches the term off")),
+    ("beta1", UNIT_OPEN), ("beta2", UNIT_OPEN), ("adam_betas", UNIT_OPEN),
+    ("*dropout", UNIT_OPEN),
+    ("*fraction", UNIT), ("*_prob", UNIT), ("min_dice", UNIT),
+    ("*seed", NON_NEGATIVE),
+    ("log_every", Bound(1, note="log every N steps")),
+    ("*_every", Bound(0, note="every N steps; 0 switches it off")),
+    ("minutes", Bound(0, lo_open=True, note="a time budget in minutes; leave it out for no budget")),
+    ("max_steps", Bound(1, note="generator updates; leave it out to train train.epochs epochs")),
+    ("*epochs", AT_LEAST_1),
+    ("patch_size", Bound(8, note="pixels")), ("slice_size", Bound(8, note="pixels")),
+    ("overlap", UNIT_OPEN),
+    ("num_workers", NON_NEGATIVE), ("*_padding", NON_NEGATIVE), ("*res_units", NON_NEGATIVE),
+    ("n_classes", Bound(2, note="background + lesion classes")),
+    ("p", Bound(1, note="1 = L1, 2 = L2")),
+    ("beta", NON_NEGATIVE), ("pan_margin", NON_NEGATIVE),
+    ("*clip", POSITIVE), ("*_std", POSITIVE), ("filter_mae", POSITIVE),
+    ("batch_size", AT_LEAST_1), ("patches_per_subject", AT_LEAST_1), ("keep_checkpoints", AT_LEAST_1),
+    ("context_slices", AT_LEAST_1), ("depth", AT_LEAST_1), ("n_*", AT_LEAST_1), ("*_channels", AT_LEAST_1),
+    ("*_filters", AT_LEAST_1), ("*_layers", AT_LEAST_1), ("max_attempts", AT_LEAST_1), ("*_tries", AT_LEAST_1),
+]
+
+NormConfig.NUMERIC_BOUNDS = {"lower": Bound(0, 100, note="a percentile"), "upper": Bound(0, 100, note="a percentile"),
+                             "low": FINITE, "high": FINITE}
+
+
+def _numeric_kind(tp: Any) -> str | None:
+    """'int' / 'float' when annotation ``tp`` is a number, a list of numbers, or either or null."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        kinds = {_numeric_kind(a) for a in args if a is not type(None)}
+        return kinds.pop() if len(kinds) == 1 else None
+    if origin is list:
+        return _numeric_kind(args[0]) if args else None
+    if tp is int:
+        return "int"
+    if tp is float:
+        return "float"
+    return None
+
+
+def numeric_fields(cls: type) -> dict[str, str]:
+    """``{field: 'int' | 'float'}`` for every numeric (or numeric-list) field of dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: k for f in dataclasses.fields(cls) if (k := _numeric_kind(hints[f.name])) is not None}
+
+
+def numeric_bound(cls: type, name: str) -> Bound | None:
+    """The declared range of field ``name`` of config class ``cls`` (class table first, then BOUND_RULES)."""
+    for table in (getattr(cls, "NUMERIC_BOUNDS", {}).items(), BOUND_RULES):
+        for pattern, bound in table:
+            if fnmatch.fnmatchcase(name, pattern):
+                return bound
+    return None
+
+
+def check_bounds(obj: Any, prefix: str = "") -> None:
+    """ConfigError naming the key when a numeric field of dataclass ``obj`` is outside its range."""
+    for name, kind in numeric_fields(type(obj)).items():
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        bound = numeric_bound(type(obj), name)
+        if bound is None:  # a new field without a declared range: a bug, caught by the tests
+            raise RuntimeError(f"config field {type(obj).__name__}.{name} has no numeric bound (add one to BOUND_RULES)")
+        items = value if isinstance(value, list) else [value]
+        if not all(bound.ok(v) for v in items):
+            key = f"{prefix}.{name}" if prefix else name
+            each = "a list of which each item is " if isinstance(value, list) else ""
+            raise ConfigError(f"config key {key!r}: got {value!r}, expected {each}{bound.describe(kind == 'int')}")
+
+
+# ----------------------------------------------------------------------------------------------
 # Generic dataclass <-> dict with validation
 # ----------------------------------------------------------------------------------------------
 
@@ -201,6 +340,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key {key!r}: got {value!r}, expected an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r}: got {value!r}, expected a number")
         return float(value)
@@ -231,6 +375,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field missing
         raise ConfigError(f"config section {prefix or '<root>'!r}: {e}") from None
+    check_bounds(obj, prefix)
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate(prefix)
@@ -344,25 +489,13 @@ def canonicalize_modalities(d: DataConfig) -> None:
 
 
 def validate_run_config(cfg: RunConfig) -> None:
-    d, t = cfg.data, cfg.train
+    d = cfg.data
     if not cfg.data.source:
         raise ConfigError("config key 'data.source': give at least one source modality, e.g. [t1n]")
     if d.context_slices < 1 or d.context_slices % 2 == 0:
         raise ConfigError(f"config key 'data.context_slices': got {d.context_slices}, expected an odd number ≥ 1 (5 in Nie et al.)")
-    if len(d.patch_size) != 2 or min(d.patch_size) < 8:
+    if len(d.patch_size) != 2:
         raise ConfigError(f"config key 'data.patch_size': got {d.patch_size}, expected two sizes ≥ 8, e.g. [144, 144]")
-    for name, v in (("data.foreground_fraction", d.foreground_fraction), ("data.label_fraction", d.label_fraction),
-                    ("data.val_fraction", d.val_fraction), ("data.test_fraction", d.test_fraction)):
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"config key {name!r}: got {v}, expected a number in [0, 1]")
-    if t.batch_size < 1:
-        raise ConfigError(f"config key 'train.batch_size': got {t.batch_size}, expected ≥ 1")
-    if t.num_workers < 0:
-        raise ConfigError(f"config key 'train.num_workers': got {t.num_workers}, expected ≥ 0")
-    if t.max_steps is not None and t.max_steps < 0:
-        raise ConfigError(f"config key 'train.max_steps': got {t.max_steps}, expected ≥ 0")
-    if not 0.0 <= cfg.inference.overlap < 1.0:
-        raise ConfigError(f"config key 'inference.overlap': got {cfg.inference.overlap}, expected a number in [0, 1)")
 
 
 def method_params(cfg: RunConfig) -> Any:

@@ -28,9 +28,11 @@ The weights ``omega_{i,j}`` are named but not valued in the paper (Sec. 2.3); th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import torch
+
+from medsyn.config import Bound
 
 Pairs = Mapping[tuple[int, int], torch.Tensor]
 
@@ -355,6 +357,8 @@ class QuLossWeights:
     that the code applies to unordered pairs is halved). Terms the paper has and the code lacks
     get the weight of their nearest sibling and are marked "paper only".
     """
+
+    NUMERIC_BOUNDS: ClassVar[dict[str, Bound]] = {"*": Bound(0, note="a loss weight; 0 switches the term off")}
 
     # Stage 1, Sec. 2.3 (VAE_model.py)
     FD_f: float = 0.1  # loss_{FD_f}, both terms 0.1

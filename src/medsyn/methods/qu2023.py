@@ -25,13 +25,14 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medsyn.config import Bound
 from medsyn.data.qu_slices import (
     DEFAULT_STANDARDIZE_CLIP,
     PAPER_SLICE_RANGE_MM,
@@ -106,6 +107,11 @@ class QuConfig:
     One config for all stages: each stage reads what it needs, and the pipeline run folder's
     ``config.yaml`` is enough to rebuild any stage (``medsyn generate`` does).
     """
+
+    NUMERIC_BOUNDS: ClassVar[dict[str, Bound]] = {
+        "beta": Bound(0, lo_open=True, note="Alg. 1 threshold"), "slice_range": Bound(0, note="mm from slice 0"),
+        "label_scale": Bound(0, lo_open=True), "label_rotation_deg": Bound(-180, 180, note="degrees"),
+        "label_translation": Bound(0, 1, note="fraction of each side")}
 
     # --- data (Sec. 3.2) ---
     modalities: list[str] = field(default_factory=lambda: ["t1n", "t1c", "t2w", "t2f"])  # BRATS2015: T1, T1c, T2, Flair
