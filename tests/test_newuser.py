@@ -90,3 +90,60 @@ def test_negative_learning_rate_and_zero_log_every_refused():
     assert cfg.train.minutes == 0.5 and cfg.params["lr_g"] == 1e-3
     with pytest.raises(ConfigError, match="'data.normalization.t2w.lower'"):
         build_config({"data": {"normalization": {"t2w": {"lower": 60, "upper": 40}}}})
+
+
+# ------------------------------------------------------------------ io: the input's header semantics
+def test_2d_input_is_written_back_2d_and_unknown_orientation_codes_stay_0(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from medsyn.io.image import read_image, write_like
+
+    arr = np.arange(72 * 89, dtype=np.float32).reshape(72, 89)
+    img = nib.Nifti1Image(arr, np.diag([0.9, 0.9, 1.0, 1.0]))
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, tmp_path / "in.nii.gz")
+    v = read_image(tmp_path / "in.nii.gz")
+    assert v.shape == (72, 89, 1) and v.original_shape == (72, 89)
+    out = nib.load(write_like(v, v.array * 2, tmp_path / "out.nii.gz"))
+    assert out.shape == (72, 89)
+    assert int(out.header["qform_code"]) == 0 and int(out.header["sform_code"]) == 0
+    np.testing.assert_array_equal(np.asarray(out.dataobj), arr * 2)
+    np.testing.assert_allclose(out.affine, nib.load(tmp_path / "in.nii.gz").affine)
+
+    img3 = nib.Nifti1Image(arr[:, :, None].repeat(3, 2), np.eye(4))
+    img3.set_qform(np.eye(4), code=1)
+    img3.set_sform(np.eye(4), code=2)  # aligned to another image: kept as such
+    nib.save(img3, tmp_path / "in3.nii.gz")
+    v3 = read_image(tmp_path / "in3.nii.gz")
+    out3 = nib.load(write_like(v3, v3.array, tmp_path / "out3.nii.gz"))
+    assert out3.shape == (72, 89, 3)
+    assert (int(out3.header["qform_code"]), int(out3.header["sform_code"])) == (1, 2)
+
+
+# ------------------------------------------------------------------ outputs: unwritable, existing
+def test_report_to_an_unwritable_place_exits_2_without_traceback(tmp_path, capsys):
+    from medsyn.cli.main import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: nie-dual-attention\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")  # a folder cannot be made under a file: as a read-only place, also for root
+    assert main(["report", str(run), "--out", str(blocker / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "a-file" in err and "writable --out" in err and "Traceback" not in err
+
+
+def test_evaluate_and_report_refuse_to_overwrite_without_force(tmp_path, capsys):
+    from medsyn.cli.main import main
+
+    out = tmp_path / "m.json"
+    out.write_text("{}")
+    assert main(["evaluate", "--pred", str(tmp_path), "--ref", "sample", "--modality", "t2w", "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_text() == "{}"
+    html = tmp_path / "r.html"
+    html.write_text("old")
+    assert main(["report", str(tmp_path), "--out", str(html)]) == 2
+    assert "--force" in capsys.readouterr().err and html.read_text() == "old"

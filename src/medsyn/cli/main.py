@@ -35,6 +35,15 @@ def _split(value: Optional[str]) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def _refuse_overwrite(paths: list[Path], force: bool) -> None:
+    """OutputError before any work when an output file exists and --force was not given."""
+    from medsyn.errors import OutputError
+
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        raise OutputError(f"{existing[0]}: exists; pass --force to overwrite it or choose another --out")
+
+
 # ------------------------------------------------------------------------------------------------
 @app.command()
 def verify(
@@ -177,11 +186,13 @@ def evaluate(
     lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS trunk the files are for: alex or vgg."),
     protocol: str = typer.Option("default", "--protocol", help="default (medsyn's metrics), or a challenge's official scorer: brasyn, synthrad2023, synthrad2025 (docs/challenges.md)."),
     segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="BraSyn downstream check: a Qu et al. pipeline run whose 4-contrast segmenter segments each subject with its real and with its completed contrasts (--pred: the completed contrasts); Dice per label and region."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file (and the CSV beside it)."),
 ) -> None:
     """Per-subject and summary metrics (MAE, PSNR, SSIM, ...) per region, with the data range and mask stated."""
     from medsyn.data.dataset import resolve_root
     from medsyn.metrics.evaluate import evaluate_predictions, write_results
 
+    _refuse_overwrite([out, out.with_suffix(".csv")], force)
     if segmenter is not None:
         return _evaluate_segmenter(segmenter, pred, resolve_root(str(ref)), out)
     if modality is None:
@@ -260,11 +271,13 @@ def report(
     subjects: Optional[str] = typer.Option(None, "--subjects", help="Comma-separated subjects to predict and show (default: the run's test split, else val); with --pred, the subjects to show."),
     device: str = typer.Option("auto", "--device", help="Device for the report's own predictions: auto, cpu, cuda."),
     study: Optional[Path] = typer.Option(None, "--study", help="A reader-study folder (medsyn reader-study): adds its Table III."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing report of that name."),
 ) -> None:
     """HTML report of one or more runs: config, data, training curves, metric tables, image grids, error analysis,
     a comparison table with paired tests, and a model card in each run folder."""
     from medsyn.reports.html import write_report
 
+    _refuse_overwrite([out], force)
     path = write_report(run_dirs, out, pred_dirs=pred, ref=str(ref) if ref is not None else None,
                         subjects=_split(subjects), device=device, log=lambda m: console.print(m, highlight=False),
                         study=study)

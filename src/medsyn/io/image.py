@@ -10,7 +10,8 @@ Supported inputs:
 * NIfTI ``.nii`` / ``.nii.gz`` (nibabel)
 * ``.nrrd`` / ``.nhdr`` / ``.mha`` / ``.mhd`` (SimpleITK; LPS world converted to RAS)
 * a DICOM series folder (SimpleITK's GDCM series reader; one series per folder)
-* 2D ``.png`` / ``.npy`` (shape (H, W) → (H, W, 1) volume, identity affine, 1 mm pixels)
+* 2D ``.png`` / ``.npy`` (shape (H, W) → (H, W, 1) volume, identity affine, 1 mm pixels); a 2D
+  image keeps its 2D ``original_shape`` and :func:`write_like` writes results back 2D
 
 Arrays are read *fully* (not only the header), so truncated or corrupt files fail here with a
 :class:`~medsyn.errors.DatasetError` naming the file.
@@ -120,6 +121,7 @@ def _from_original(array: np.ndarray, affine: np.ndarray, path: str, dtype: np.d
                    meta: dict[str, Any] | None = None) -> Volume:
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
+    file_shape = tuple(array.shape)  # a 2D file is written back 2D (write_like)
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3:
@@ -133,7 +135,7 @@ def _from_original(array: np.ndarray, affine: np.ndarray, path: str, dtype: np.d
     canon = nib.orientations.apply_orientation(array, ornt)
     canon_affine = affine @ nib.orientations.inv_ornt_aff(ornt, array.shape)
     return Volume(np.ascontiguousarray(canon), canon_affine, np.asarray(affine, dtype=np.float64),
-                  tuple(array.shape), np.dtype(dtype), ornt, str(path), meta or {})
+                  file_shape, np.dtype(dtype), ornt, str(path), meta or {})
 
 
 def read_image(path: str | Path) -> Volume:
@@ -186,6 +188,8 @@ def _read_nifti(p: Path) -> Volume:
     if not np.all(np.isfinite(affine)):
         raise DatasetError(f"{p}: header affine has non-finite values")
     meta = {"slope": float(img.dataobj.slope), "inter": float(img.dataobj.inter)} if hasattr(img.dataobj, "slope") else {}
+    # what the header claims about its affine (0 unknown, 1 scanner, 2 aligned, …): written back as read
+    meta["qform_code"], meta["sform_code"] = int(img.header["qform_code"]), int(img.header["sform_code"])
     return _from_original(arr, affine, str(p), dtype, meta)
 
 
@@ -278,6 +282,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def make_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create folder ``path`` (and parents); OutputError naming it and ``flag`` when it cannot be
+    created or written into — checked before long work, not after it."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{p}: cannot create the folder ({e.strerror or e}); choose a writable {flag}") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise OutputError(f"{p}: the folder is not writable; choose a writable {flag}")
+    return p
+
+
 def _remove_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -294,9 +311,10 @@ def write_like(reference: Volume, array: np.ndarray, path: str | Path, dtype: np
     Written atomically (temp file + rename).
     """
     data = reference.to_original(np.asarray(array))
-    if tuple(data.shape) != tuple(reference.original_shape)[: data.ndim] and data.ndim == 3:
+    file_shape = tuple(reference.original_shape)
+    if tuple(data.shape) != file_shape + (1,) * (data.ndim - len(file_shape)):
         raise GeometryError(f"{path}: array shape {array.shape} does not match the reference {reference.path}")
-    if len(reference.original_shape) == 2 or data.shape[2:] == (1,) and len(reference.original_shape) == 2:
+    if len(file_shape) == 2:  # a 2D input comes back 2D
         data = data[:, :, 0]
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
     if np.issubdtype(out_dtype, np.integer):
@@ -304,8 +322,9 @@ def write_like(reference: Volume, array: np.ndarray, path: str | Path, dtype: np
         data = np.clip(np.rint(data), info.min, info.max)
     img = nib.Nifti1Image(data.astype(out_dtype), reference.original_affine)
     img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(reference.original_affine, code=1)
-    img.set_sform(reference.original_affine, code=1)
+    # keep the input's claims: codes 0 (no orientation known) stay 0; non-NIfTI inputs: scanner (1)
+    img.set_qform(reference.original_affine, code=reference.meta.get("qform_code", 1))
+    img.set_sform(reference.original_affine, code=reference.meta.get("sform_code", 1))
     p = Path(path)
     if not p.name.endswith(NIFTI_SUFFIXES):
         raise OutputError(f"{p}: output must end in .nii.gz or .nii")

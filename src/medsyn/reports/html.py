@@ -36,7 +36,7 @@ import yaml
 
 from medsyn import __version__
 from medsyn.errors import ConfigError, DatasetError, MedsynError
-from medsyn.io.image import atomic_write_bytes
+from medsyn.io.image import atomic_write_bytes, make_output_dir
 from medsyn.reports import figures, tables
 from medsyn.reports.analysis import ErrorAnalysis, display_index, load_subject_volumes
 from medsyn.reports.document import Code, Details, Document, Figure, Note, Section, Table, Text, slug, to_html, to_markdown
@@ -144,7 +144,7 @@ def evaluate_run(info: RunInfo, pred_root: Path, *, pred_dir: Path | None, ref: 
         out = pred_root / slug(info.label)
         if out.exists() and (out / PRED_MARKER).is_file():
             shutil.rmtree(out)  # our own earlier predictions: stale subjects must not be evaluated
-        out.mkdir(parents=True, exist_ok=True)
+        make_output_dir(out)
         (out / PRED_MARKER).write_text("predictions written by medsyn report; the folder is replaced on the next report\n")
         try:
             from medsyn.inference.predict import load_run, predict_subjects
@@ -476,8 +476,7 @@ def write_report(run_dirs: list[Path], out: Path, *, pred_dirs: list[Path] | Non
     crossval = {i: p for i, p in enumerate(run_dirs) if is_crossval_dir(p)}
     infos = [load_run_info(first_fold_run(p) if i in crossval else p, lab)
              for i, (p, lab) in enumerate(zip(run_dirs, labels))]
-    files = out.parent / f"{out.stem}_files"
-    files.mkdir(parents=True, exist_ok=True)
+    files = make_output_dir(out.parent / f"{out.stem}_files")
     for old in files.glob("*.png"):  # figures of an earlier report with the same name
         old.unlink()
     t0 = time.perf_counter()
