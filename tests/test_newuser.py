@@ -147,3 +147,45 @@ def test_evaluate_and_report_refuse_to_overwrite_without_force(tmp_path, capsys)
     html.write_text("old")
     assert main(["report", str(tmp_path), "--out", str(html)]) == 2
     assert "--force" in capsys.readouterr().err and html.read_text() == "old"
+
+
+# ------------------------------------------------------------------ the run-folder lock
+TRAIN, TEST = "BraTS-MET-00110-000", "BraTS-GLI-00000-000"
+TINY = ["--set", "params.base_filters=4", "--set", "params.depth=2", "--set", "data.patch_size=[32,32]",
+        "--set", "train.batch_size=2", "--set", f"data.train=[{TRAIN}]", "--set", "data.val=[]",
+        "--set", f"data.test=[{TEST}]", "--set", "train.log_every=1", "--set", "train.sample_every=0",
+        "--set", "train.checkpoint_every=0", "--set", "inference.batch_size=64", "--set", "train.device=cpu"]
+
+
+def test_second_train_into_a_held_run_folder_is_refused(tmp_path, capsys, one_torch_thread):
+    import os
+
+    from medsyn.cli.main import main
+    from medsyn.training.run_dir import LOCK_NAME, RunLock
+
+    out = tmp_path / "run"
+    with RunLock(out):  # as a first `medsyn train --out run` holds it
+        assert main(["train", *TINY, "--max-steps", "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "another medsyn run is training into this folder" in err and f"pid {os.getpid()}" in err
+        assert main(["train", "--resume", str(out)]) == 2  # not a run yet: said so, no YAML advice
+        err = capsys.readouterr().err
+        assert "not a medsyn run folder" in err and "YAML" not in err
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # the second run wrote nothing
+    assert not out.exists()  # the holder wrote nothing either: no folder left behind
+
+
+def test_lock_of_a_killed_run_does_not_block(tmp_path, one_torch_thread):
+    import subprocess
+    import sys
+
+    from medsyn.cli.main import main
+    from medsyn.training.run_dir import LOCK_NAME
+
+    out = tmp_path / "run"
+    code = ("import os, signal, sys; from medsyn.training.run_dir import RunLock; "
+            "RunLock(sys.argv[1]).__enter__(); os.kill(os.getpid(), signal.SIGKILL)")
+    r = subprocess.run([sys.executable, "-c", code, str(out)])
+    assert r.returncode == -9 and "pid" in (out / LOCK_NAME).read_text()  # a dead holder's lock file
+    assert main(["train", *TINY, "--max-steps", "1", "--out", str(out)]) == 0
+    assert (out / "config.yaml").is_file()

@@ -99,6 +99,11 @@ def train(
     if device is not None:
         overrides.append(f"train.device={device}")
     if resume is not None:
+        if not RunDir(resume).exists():
+            from medsyn.errors import CheckpointError
+
+            raise CheckpointError(f"--resume {resume}: not a medsyn run folder (no config.yaml), nothing to resume; "
+                                  "start a new run with --out")
         base = config if config is not None else RunDir(resume).config_path
         cfg = load_config(base, overrides)
         run_path = resume

@@ -150,7 +150,7 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, resume: bool = False, allow
         if diffs and not allow_config_change:
             raise ConfigError(f"{run.config_path}: the config differs from the run's ({'; '.join(diffs[:8])}); "
                               "pass --allow-config-change to resume anyway")
-    elif run.path.exists() and any(run.path.iterdir()):
+    elif run.has_content():
         raise ConfigError(f"{run.path}: folder exists and is not empty; choose a new --out, or resume it with "
                           f"--resume {run.path}")
     pl = plan(cfg)  # reads headers: a bad dataset fails here, before anything is written

@@ -216,8 +216,19 @@ def launch_train(cfg: RunConfig, out: str | Path, **kw: Any) -> Any:
     """Train in this process — one of ``torchrun``'s when ``WORLD_SIZE`` > 1.
 
     Returns the :class:`~medsyn.training.engine.TrainResult` on rank 0 and None on the other
-    ranks (which print nothing).
+    ranks (which print nothing). Rank 0 holds the run folder's :class:`RunLock` meanwhile: a second
+    ``medsyn train --out`` (or ``--resume``) into the same folder is refused.
     """
+    from medsyn.training.run_dir import RunLock
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    if not main:  # rank 0 holds the run folder for all ranks
+        return _launch_train(cfg, out, **kw)
+    with RunLock(out, create=not kw.get("resume", False)):
+        return _launch_train(cfg, out, **kw)
+
+
+def _launch_train(cfg: RunConfig, out: str | Path, **kw: Any) -> Any:
     from medsyn.methods import METHODS
     from medsyn.training.engine import Trainer  # late import: the engine imports this module
 

@@ -223,7 +223,7 @@ class Trainer:
                 self._log("[yellow]resuming with a changed config:[/] " + "; ".join(diffs))
             self._config_changes = diffs
             return None
-        if self.run.path.exists() and (not self.run.path.is_dir() or any(self.run.path.iterdir())):
+        if self.run.has_content():
             raise ConfigError(
                 f"{self.run.path}: folder exists and is not empty; choose a new --out, or resume it with --resume {self.run.path}"
             )

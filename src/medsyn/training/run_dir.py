@@ -11,14 +11,19 @@
       checkpoints/step_*/    see training/checkpoint.py; best.json names the best one
       samples/step_*.png     source | prediction | target | |error| | confidence
       tensorboard/           TensorBoard events
+      .medsyn.lock           held (flock) by the process training into the folder; see RunLock
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import platform
+import socket
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,8 +32,11 @@ import yaml
 
 from medsyn import __version__
 from medsyn.config import RunConfig, build_config, config_hash, read_yaml, to_dict
-from medsyn.errors import CheckpointError
-from medsyn.io.image import atomic_write_bytes
+from medsyn.errors import CheckpointError, OutputError
+from medsyn.io.image import atomic_write_bytes, make_output_dir
+
+#: file in a run folder that the training process holds locked (not part of the run's content)
+LOCK_NAME = ".medsyn.lock"
 
 
 class RunDir:
@@ -54,6 +62,12 @@ class RunDir:
 
     def exists(self) -> bool:
         return self.config_path.is_file()
+
+    def has_content(self) -> bool:
+        """True when the path is a file, or a folder holding anything but the lock file."""
+        if not self.path.exists():
+            return False
+        return not self.path.is_dir() or any(p.name != LOCK_NAME for p in self.path.iterdir())
 
     # writers (atomic)
     def write_json(self, name: str, obj: Any) -> None:
@@ -136,3 +150,57 @@ def provenance(cfg: RunConfig, data_files: list[Path]) -> dict[str, Any]:
     return {"medsyn_version": __version__, "git_commit": git_commit(), "python": platform.python_version(),
             "platform": platform.platform(), "packages": pkgs, "config_hash": config_hash(cfg),
             "data_manifest_hash": data_manifest_hash(data_files)}
+
+
+class RunLock:
+    """Exclusive hold on a run folder while one process trains into it (``with RunLock(path): ...``).
+
+    An advisory ``flock`` on ``RUN/.medsyn.lock``, which records the holder (PID, host, start time)
+    for the message a second process gets. The kernel releases the lock when its process ends in
+    any way (also SIGKILL or a crash), so a lock file left by a killed run never blocks: the next
+    run simply takes it. ``create``: make the folder if needed (a new run); a folder made here
+    that holds nothing but the lock when the ``with`` block ends (setup failed) is removed again.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True):
+        self.path, self.create = Path(path), create
+        self._fd: int | None = None
+        self._created = False
+
+    def __enter__(self) -> "RunLock":
+        if not self.path.is_dir():
+            if not self.create:
+                return self  # nothing to lock: the caller reports the missing run folder
+            self._created = not self.path.exists()
+            make_output_dir(self.path)
+        lock = self.path / LOCK_NAME
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputError(f"{lock}: cannot create the run folder's lock file ({e.strerror or e}); "
+                              "choose a writable --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise OutputError(f"{self.path}: another medsyn run is training into this folder ({holder}); wait for it "
+                              "to finish or stop it, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        if self._created and [p.name for p in self.path.iterdir()] == [LOCK_NAME]:
+            (self.path / LOCK_NAME).unlink(missing_ok=True)  # nothing was written: leave no folder behind
+            os.close(fd)
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
+            return
+        os.close(fd)  # releases the flock; the file stays (removing it would race with a new holder)
