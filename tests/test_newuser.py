@@ -189,3 +189,34 @@ def test_lock_of_a_killed_run_does_not_block(tmp_path, one_torch_thread):
     assert r.returncode == -9 and "pid" in (out / LOCK_NAME).read_text()  # a dead holder's lock file
     assert main(["train", *TINY, "--max-steps", "1", "--out", str(out)]) == 0
     assert (out / "config.yaml").is_file()
+
+
+# ------------------------------------------------------------------ interrupted work exits 130
+def test_ctrl_c_during_train_saves_and_exits_130(tmp_path, capsys, one_torch_thread):
+    import os
+    import signal
+    import threading
+    import time
+
+    from medsyn.cli.main import main
+
+    out = tmp_path / "run"
+
+    def press_ctrl_c() -> None:
+        t0 = time.monotonic()
+        while not (out / "metrics.jsonl").is_file() and time.monotonic() - t0 < 120:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    assert main(["train", *TINY, "--max-steps", "100000", "--out", str(out)]) == 130
+    assert "checkpoint saved" in capsys.readouterr().out
+    assert any((out / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("minutes", ["0", "-1"])
+def test_zero_or_negative_minutes_refused(minutes, tmp_path, capsys):
+    from medsyn.cli.main import main
+
+    assert main(["train", "--minutes", minutes, "--out", str(tmp_path / "r")]) == 2
+    assert "'train.minutes'" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -44,6 +44,12 @@ def run_demo(*, minutes: float, out: Path, device: str, max_steps: int | None, c
     console.print(f"[bold]medsyn demo[/]: {cfg.method}, t1n → t2w, train on {TRAIN_SUBJECT}, test on {TEST_SUBJECT}, "
                   f"{minutes:g} min budget")
     result = launch_train(cfg, folder / "run", console=console)
+    if result.stopped == "interrupted":
+        import typer
+
+        from medsyn.cli.main import EXIT_INTERRUPTED
+
+        raise typer.Exit(EXIT_INTERRUPTED)
     run = load_run(result.run_dir, "last", device)
     ds = discover(sample_root())
     pred_dir = folder / "predictions"

@@ -27,6 +27,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+#: exit code of interrupted work (Ctrl-C / SIGTERM), the shell's 128 + SIGINT
+EXIT_INTERRUPTED = 130
 console = Console(stderr=False)
 err_console = Console(stderr=True)
 
@@ -115,6 +117,8 @@ def train(
     result = launch_train(cfg, run_path, resume=resume is not None, allow_config_change=allow_config_change, console=console)
     if result is not None:
         console.print(f"run folder: [bold]{result.run_dir}[/] (step {result.step}, {result.stopped})")
+        if result.stopped == "interrupted":  # checkpoint saved; still not finished work
+            raise typer.Exit(EXIT_INTERRUPTED)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -330,13 +334,13 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except Abort:
         err_console.print("aborted")
-        return 130
+        return EXIT_INTERRUPTED
     except ClickException as e:
         e.show()
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     return rc if isinstance(rc, int) else 0
 
 
