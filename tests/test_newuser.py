@@ -220,3 +220,32 @@ def test_zero_or_negative_minutes_refused(minutes, tmp_path, capsys):
 
     assert main(["train", "--minutes", minutes, "--out", str(tmp_path / "r")]) == 2
     assert "'train.minutes'" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------ will the run fit?
+def test_patch_larger_than_the_data_is_refused_before_any_file(tmp_path, capsys, one_torch_thread):
+    from medsyn.cli.main import main
+
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--set", "data.patch_size=[512,512]", "--max-steps", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'data.patch_size': 512×512 is larger than the largest axial slice" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_step_memory_estimate_refuses_with_the_numbers():
+    import torch
+
+    from medsyn.config import load_config, method_params
+    from medsyn.methods import METHODS
+    from medsyn.training.budget import check_step_memory, estimate_step_bytes
+
+    cfg = load_config(None, ["params.base_filters=4", "params.depth=2"])
+    method = METHODS.get(cfg.method).build(method_params(cfg), in_channels=5, out_channels=1, patch_size=(64, 64))
+    cpu = torch.device("cpu")
+    small, _ = estimate_step_bytes(method, 5, (64, 64), 2, cpu)
+    big, acts = estimate_step_bytes(method, 5, (512, 512), 2, cpu)
+    assert acts / (big - acts) > 1 and 40 < (big - (small - acts / 64)) / (acts / 64) < 90  # ∝ patch area
+    check_step_memory(method, 5, (64, 64), 2, cpu, available=big * 2)  # fits: no error
+    with pytest.raises(ConfigError, match=r"needs about .* GiB \(batch 2 × 512×512 patches.* free; lower"):
+        check_step_memory(method, 5, (512, 512), 2, cpu, available=big // 2)

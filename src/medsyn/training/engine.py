@@ -49,6 +49,7 @@ from medsyn.data.sampling import PatchSampler25D
 from medsyn.errors import CheckpointError, ConfigError, DatasetError, MedsynError, OutputError
 from medsyn.methods import METHODS, Method, Runtime
 from medsyn.training import checkpoint as ckpt
+from medsyn.training.budget import check_patches_fit, check_step_fits
 from medsyn.training.distributed import SINGLE, DistContext, params_fingerprint, resolve_device  # noqa: F401
 from medsyn.training.run_dir import RunDir, provenance
 
@@ -238,6 +239,7 @@ class Trainer:
         if self.resume:
             norm = dist.agree(lambda: NormalizationState.from_dict(self.run.read_json("normalization.json")))
         self.data: PreparedData = dist.agree(lambda: self._prepare_data(norm))
+        check_patches_fit(cfg, self.spec, self.data.train)
         d = cfg.data
         n_src = len(d.source)
         k = d.context_slices if self.spec.sample_kind == "2.5d" else 1
@@ -248,6 +250,7 @@ class Trainer:
         self.method: Method = self.spec.build(params, in_channels=n_src * k, out_channels=1,
                                               patch_size=tuple(d.patch_size))
         self.method.to(self.device)
+        check_step_fits(cfg, self.spec, self.method, n_src * k, self.device)  # before any file is written
         self.method.before_training()  # e.g. MedGAN's VGG-19 file: fail before the run folder exists
         amp = cfg.train.amp and self.device.type == "cuda"
         if cfg.train.amp and not amp:
