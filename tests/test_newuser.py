@@ -171,7 +171,7 @@ def test_second_train_into_a_held_run_folder_is_refused(tmp_path, capsys, one_to
         assert main(["train", "--resume", str(out)]) == 2  # not a run yet: said so, no YAML advice
         err = capsys.readouterr().err
         assert "not a medsyn run folder" in err and "YAML" not in err
-        assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # the second run wrote nothing
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # the second run wrote nothing (the lock is the holder's)
     assert not out.exists()  # the holder wrote nothing either: no folder left behind
 
 
@@ -249,3 +249,96 @@ def test_step_memory_estimate_refuses_with_the_numbers():
     check_step_memory(method, 5, (64, 64), 2, cpu, available=big * 2)  # fits: no error
     with pytest.raises(ConfigError, match=r"needs about .* GiB \(batch 2 × 512×512 patches.* free; lower"):
         check_step_memory(method, 5, (512, 512), 2, cpu, available=big // 2)
+
+
+# ------------------------------------------------------------------ messages that misled
+def test_grid_mismatch_says_what_differs_and_how_train_resamples(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from medsyn.data.cases import load_case
+    from medsyn.data.dataset import Subject
+    from medsyn.errors import GeometryError
+
+    arr = np.random.default_rng(0).random((12, 14, 10)).astype(np.float32)
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    shifted = aff.copy()
+    shifted[0, 3] = 10.0
+    nib.save(nib.Nifti1Image(arr, aff), tmp_path / "t1n.nii.gz")
+    nib.save(nib.Nifti1Image(arr, shifted), tmp_path / "t2w.nii.gz")
+    s = Subject("s", {"t1n": tmp_path / "t1n.nii.gz", "t2w": tmp_path / "t2w.nii.gz"}, folder=tmp_path)
+    with pytest.raises(GeometryError) as e:
+        load_case(s, ["t1n"], "t2w")
+    msg = str(e.value)
+    assert "origin shifted by 10 mm (+10, +0, +0 mm along R, A, S)" in msg and "shape" not in msg
+    assert "--set data.resample=true" in msg and "pass --resample" not in msg
+
+
+def test_labels_outside_the_mask_warn_with_the_same_count_in_verify_and_train(tmp_path, capsys):
+    import warnings
+
+    import nibabel as nib
+    import numpy as np
+
+    from medsyn.cli.main import main
+    from medsyn.data.cases import load_case
+    from medsyn.data.dataset import discover
+    from medsyn.errors import MedsynWarning
+
+    s = tmp_path / "ds" / "s1"
+    s.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for m in ("t1n", "t2w"):
+        nib.save(nib.Nifti1Image(rng.random((16, 16, 8)).astype(np.float32) + 1, np.eye(4)), s / f"{m}.nii.gz")
+    mask = np.zeros((16, 16, 8), np.uint8)
+    mask[2:14, 2:14, 1:7] = 1
+    seg = np.zeros_like(mask)
+    seg[0, 0:3, 0] = 1  # 3 voxels outside
+    seg[5, 5, 3] = 2
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), s / "brainmask.nii.gz")
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), s / "seg.nii.gz")
+    assert main(["verify", str(tmp_path / "ds"), "-m", "t1n,t2w"]) == 0
+    assert "3 labelled voxels lie outside brainmask.nii.gz" in capsys.readouterr().err
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        load_case(discover(tmp_path / "ds").subjects["s1"], ["t1n"], "t2w", label="seg")
+    assert [str(x.message).count("3 labelled voxels lie outside brainmask.nii.gz") for x in w
+            if issubclass(x.category, MedsynWarning)] == [1]
+
+
+def test_predict_device_error_names_the_option_and_numbers_print_plainly():
+    from medsyn.inference.predict import _mm
+    from medsyn.training.distributed import resolve_device
+
+    with pytest.raises(ConfigError, match=r"^--device: 'nonsense' is not a device"):
+        resolve_device("nonsense", key="--device")
+    import numpy as np
+
+    assert _mm(np.array([1.0, 1.0, 2.5])) == "1 × 1 × 2.5"
+
+
+class Payload:
+    """An arbitrary object in a checkpoint (a pickle that would need unrestricted unpickling)."""
+
+
+def test_refused_pickle_message_is_whole_and_quiet(tmp_path):
+    import re
+    import warnings
+
+    import torch
+
+    from medsyn.errors import CheckpointError
+    from medsyn.training.checkpoint import load_state
+
+    torch.save({"a": Payload()}, tmp_path / "state.pt")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError) as e:
+            load_state(tmp_path / "state.pt")
+    assert re.search(r"it holds \S*Payload, which is not a tensor or plain data \(unpickling", str(e.value))
+    assert "Weights only load failed" not in str(e.value) and not [x for x in w if "torch" in str(x.filename)]
+
+
+def test_paper_citations_point_to_no_missing_file():
+    for _, spec in METHODS.items():
+        assert "papers/" not in spec.paper, spec.name

@@ -149,8 +149,9 @@ def test_label_outside_mask(tiny_dataset):
     write_nii(root / "s1" / "brainmask.nii.gz", mask)
     write_nii(root / "s1" / "seg.nii.gz", seg)
     rep = verify_dataset(root, ["t1n", "t2w"])
-    assert len(rep.problems) == 1
-    assert rep.problems[0].path == str(root / "s1" / "seg.nii.gz") and "1 labelled voxels" in rep.problems[0].message
+    # a warning with the count, as `train` gives (issue 17: BRATS2015 has such voxels and trains fine)
+    assert rep.ok and len(rep.warnings) == 1
+    assert rep.warnings[0].path == str(root / "s1" / "seg.nii.gz") and "1 labelled voxels" in rep.warnings[0].message
 
 
 def test_every_problem_is_reported(capsys, tiny_dataset):

@@ -28,3 +28,13 @@ class CheckpointError(MedsynError):
 
 class OutputError(MedsynError):
     """An output path exists already, is not writable, or the write failed."""
+
+
+class MedsynWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints one line)."""
+
+
+def labels_outside_mask_message(label_path: object, mask_name: str, n: int) -> str:
+    """The one wording ``verify`` and ``train`` use for label voxels outside the mask."""
+    return (f"{label_path}: {n} labelled voxels lie outside {mask_name}; they are kept in the label but never sampled "
+            "as foreground (check the mask if the count is large)")

@@ -68,6 +68,8 @@ def verify(
         mods = ", ".join(f"{m} {d}" for m, d in s.modalities.items())
         table.add_row(s.id, mods, ", ".join(s.extra) or "-", "[green]ok[/]" if s.ok else f"[red]{len(s.problems)} problem(s)[/]")
     console.print(table)
+    for p in rep.warnings:
+        err_console.print(f"[yellow]warning[/] {p.message}", highlight=False, soft_wrap=True)
     if not rep.ok:
         for p in rep.problems:
             err_console.print(f"[red]error[/] {p.path}: {p.message}", highlight=False, soft_wrap=True)
@@ -318,12 +320,26 @@ from medsyn.cli.study import study_app; app.add_typer(study_app, name="reader-st
 
 
 # ------------------------------------------------------------------------------------------------
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """medsyn's own warnings as one line on stderr (no source line); others as Python prints them."""
+    from medsyn.errors import MedsynWarning
+
+    if issubclass(category, MedsynWarning):
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line and exit code 2 for user errors; tracebacks only for bugs."""
     from typer._click.exceptions import ClickException
     from typer.exceptions import Abort, Exit
 
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+    warnings.showwarning = _show_warning
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:monai")
     try:
         rc = app(args=argv, standalone_mode=False)  # returns typer.Exit's code in this mode

@@ -7,14 +7,16 @@ reads or computes the foreground mask, and reads the optional label map.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from medsyn.data.dataset import Subject
 from medsyn.data.masks import as_mask, compute_mask
-from medsyn.errors import DatasetError, GeometryError
-from medsyn.io.image import Volume, read_image, resample_to, same_grid
+from medsyn.errors import DatasetError, GeometryError, MedsynWarning, labels_outside_mask_message
+from medsyn.io.image import Volume, grid_difference, read_image, resample_to, same_grid
 
 
 @dataclass
@@ -47,9 +49,8 @@ def _on_grid(v: Volume, ref: Volume, resample: bool, is_label: bool = False) -> 
         return v
     if not resample:
         raise GeometryError(
-            f"{v.path}: grid {v.shape} / spacing {tuple(round(s, 3) for s in v.spacing)} differs from "
-            f"{ref.path} {ref.shape} / {tuple(round(s, 3) for s in ref.spacing)}; co-register the images "
-            "or pass --resample (data.resample=true) to resample onto the first modality's grid"
+            f"{v.path}: grid differs from {ref.path} ({grid_difference(v, ref)}); co-register the images, or "
+            "resample them onto the first modality's grid with data.resample=true (train: --set data.resample=true)"
         )
     out = resample_to(v, ref, is_label=is_label)
     out.path = v.path
@@ -102,4 +103,9 @@ def load_case(
     if label is not None and label in subject.files:
         lv = _on_grid(read_image(subject.path(label)), ref, resample, is_label=True)
         lab = np.rint(np.asarray(lv.array, dtype=np.float32)).astype(np.int16)
+        if mask_source != "computed":  # the same check and words as `medsyn verify`
+            outside = int(((lab != 0) & ~fg).sum())
+            if outside:
+                warnings.warn(labels_outside_mask_message(lv.path, Path(str(subject.path(mask_source))).name, outside),
+                              MedsynWarning, stacklevel=2)
     return Case(subject.id, vols, tgt, fg, lab, ref, mask_source)

@@ -16,8 +16,8 @@ import numpy as np
 
 from medsyn.data.dataset import LABEL_NAMES, MASK_NAMES, Dataset, discover
 from medsyn.data.layouts import canonical_modality
-from medsyn.errors import DatasetError
-from medsyn.io.image import Volume, read_image
+from medsyn.errors import DatasetError, labels_outside_mask_message
+from medsyn.io.image import Volume, grid_difference, read_image
 
 AFFINE_ATOL_MM = 1e-3
 
@@ -35,6 +35,7 @@ class SubjectReport:
     modalities: dict[str, str] = field(default_factory=dict)  # modality → "shape @ spacing"
     extra: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # reported; training accepts them
 
     @property
     def ok(self) -> bool:
@@ -56,6 +57,10 @@ class VerifyReport:
     @property
     def problems(self) -> list[Problem]:
         return [p for s in self.subjects for p in s.problems]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for s in self.subjects for p in s.warnings]
 
     @property
     def ok(self) -> bool:
@@ -129,17 +134,17 @@ def verify_subject(ds: Dataset, sid: str, requested: list[str], resample: bool) 
             if v.shape != ref.shape or not np.allclose(v.affine, ref.affine, atol=AFFINE_ATOL_MM):
                 if resample:
                     continue  # resampled onto the reference grid at load time
-                what = (f"shape {v.shape} vs {ref.shape}" if v.shape != ref.shape
-                        else f"affine differs by up to {np.abs(v.affine - ref.affine).max():.3g} mm")
+                what = grid_difference(v, ref, atol=AFFINE_ATOL_MM) or "affines differ"
                 rep.problems.append(Problem(sid, str(subj.files[m]),
-                                            f"grid differs from {subj.files[ref_name].name} ({what}); "
-                                            "co-register, or pass --resample to resample onto the first modality"))
+                                            f"grid differs from {subj.files[ref_name].name} ({what}); co-register, or "
+                                            "pass --resample to resample onto the first modality (train: "
+                                            "--set data.resample=true)"))
         # a label must lie inside the mask when both exist
         mask_name = next((n for n in MASK_NAMES if n in vols), None)
         label_name = next((n for n in LABEL_NAMES if n in vols), None)
         if mask_name and label_name and vols[mask_name].shape == vols[label_name].shape:
             outside = int(((vols[label_name].array != 0) & (vols[mask_name].array == 0)).sum())
-            if outside:
-                rep.problems.append(Problem(sid, str(subj.files[label_name]),
-                                            f"{outside} labelled voxels lie outside {subj.files[mask_name].name}"))
+            if outside:  # a warning, as in training (docs/data.md): BRATS2015 has such voxels
+                rep.warnings.append(Problem(sid, str(subj.files[label_name]), labels_outside_mask_message(
+                    subj.files[label_name], subj.files[mask_name].name, outside)))
     return rep

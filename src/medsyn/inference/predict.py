@@ -25,7 +25,7 @@ from medsyn.data.dataset import Subject, discover, read_subject_folder
 from medsyn.data.normalization import NormalizationState
 from medsyn.data.pipeline import normalize_case
 from medsyn.data.sampling import AXES
-from medsyn.errors import CheckpointError, DatasetError, OutputError
+from medsyn.errors import CheckpointError, DatasetError, MedsynWarning, OutputError
 from medsyn.inference.sliding_window import predict_volume_25d
 from medsyn.inference.speedups import amp_dtype, compile_model, fold_batchnorm
 from medsyn.io.image import image_stem, is_image_path, write_like
@@ -73,7 +73,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
     for name, net in method.networks.items():
         if name in weights:
             net.load_state_dict(weights[name])
-    dev = resolve_device(device if device != "auto" else cfg.train.device)
+    dev = resolve_device(device, key="--device")  # the machine predicting, not the one that trained
     method.to(dev).eval()
     return LoadedRun(cfg, method, norm, k, path, dev)
 
@@ -207,8 +207,8 @@ def _warn_out_of_distribution(run: LoadedRun, case: Case) -> None:
             continue
         sp = np.asarray(v.spacing)
         if np.any(np.abs(sp - np.asarray(s["spacing"])) > 0.5 * np.asarray(s["spacing"])):
-            warnings.warn(f"{v.path}: voxel spacing {tuple(np.round(sp, 2))} mm is far from the training data's "
-                          f"{tuple(np.round(s['spacing'], 2))} mm; resample the input for reliable results", stacklevel=2)
+            warnings.warn(f"{v.path}: voxel spacing {_mm(sp)} mm is far from the training data's "
+                          f"{_mm(s['spacing'])} mm; resample the input for reliable results", MedsynWarning, stacklevel=2)
         vals = v.array[case.mask].astype(np.float64)
         med = float(np.median(vals)) if vals.size else 0.0
         lo, hi = s["median_range"]
@@ -216,7 +216,12 @@ def _warn_out_of_distribution(run: LoadedRun, case: Case) -> None:
         if lo > 0 and (med < lo / OOD_FACTOR or med > hi * OOD_FACTOR):
             warnings.warn(f"{v.path}: median foreground intensity {med:.4g} is far outside the training data's "
                           f"[{lo:.4g}, {hi:.4g}] (more than {OOD_FACTOR:g}×); is this the right modality ({m})?",
-                          stacklevel=2)
+                          MedsynWarning, stacklevel=2)
 
 
 OOD_FACTOR = 4.0
+
+
+def _mm(spacing) -> str:
+    """(1.0, 1.0, 2.5) → '1 × 1 × 2.5' (plain numbers, not numpy reprs)."""
+    return " × ".join(f"{float(x):.3g}" for x in spacing)

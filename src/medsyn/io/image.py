@@ -379,6 +379,24 @@ def same_grid(a: Volume, b: Volume, atol: float = 1e-3) -> bool:
     return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, atol=atol))
 
 
+def grid_difference(a: Volume, b: Volume, atol: float = 1e-3) -> str:
+    """What differs between two volumes' grids, in words: shape, spacing (mm), axis directions,
+    origin shift (mm, RAS). Empty when they share a grid within ``atol``."""
+    parts = []
+    if a.shape != b.shape:
+        parts.append(f"shape {'×'.join(map(str, a.shape))} vs {'×'.join(map(str, b.shape))}")
+    sa, sb = np.asarray(a.spacing), np.asarray(b.spacing)
+    if not np.allclose(sa, sb, atol=atol):
+        parts.append(f"spacing {' × '.join(f'{x:.3g}' for x in sa)} vs {' × '.join(f'{x:.3g}' for x in sb)} mm")
+    if not np.allclose(a.affine[:3, :3] / sa, b.affine[:3, :3] / sb, atol=1e-3):
+        parts.append("axis directions differ (rotated or flipped)")
+    shift = a.affine[:3, 3] - b.affine[:3, 3]
+    if np.abs(shift).max() > atol:
+        parts.append(f"origin shifted by {float(np.linalg.norm(shift)):.3g} mm "
+                     f"({', '.join(f'{x:+.3g}' for x in shift)} mm along R, A, S)")
+    return "; ".join(parts)
+
+
 def resample_to(moving: Volume, reference: Volume, is_label: bool = False) -> Volume:
     """Resample ``moving`` onto ``reference``'s grid (SimpleITK; linear, or nearest for labels)."""
     import SimpleITK as sitk

@@ -61,7 +61,8 @@ from medsyn.models.vgg import (
     require_vgg_weights,
 )
 
-PAPER = "Armanious et al., MedGAN, 2018 (papers/004_1472ab56d58c8796.txt)"
+PAPER = ("Armanious et al.: MedGAN: Medical Image Translation using GANs, Computerized Medical Imaging and "
+         "Graphics 79 (2020), arXiv:1806.06397")
 
 #: PAN's discriminator margin m (Wang et al. 2018); see docs/medgan.md for how it was chosen.
 PAN_MARGIN = 1.0

@@ -31,7 +31,8 @@ from medsyn.methods.base import Batch, Method, MethodSpec, frozen, register
 from medsyn.models.discriminators.nie import GlobalDiscriminator, LocalDiscriminator
 from medsyn.models.generators.unet25d import UNet25D
 
-PAPER = "Nie et al., MICCAI 2018 (papers/000_60dd4bf03f31f17d.txt)"
+PAPER = ("Nie, Xiang, Wang, Shen: Dual Adversarial Learning with Attention Mechanism for Fine-grained Medical "
+         "Image Synthesis, MICCAI 2018")
 
 
 @dataclass

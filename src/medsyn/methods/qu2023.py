@@ -92,7 +92,7 @@ from medsyn.models.qu import (
     reparameterize,
 )
 
-PAPER = "Qu et al., Synthesis of Registered Multimodal MRI with Lesion Label (papers/001_158b068936d308e3.txt)"
+PAPER = "Qu, Su, Deng, Wang, Lu, Xiao, Chen: Synthesis of Registered Multimodal MRI with Lesion Label (Sun Yat-sen University)"
 
 #: the pipeline's stages in training order; each is the method ``qu-<stage>``
 STAGES = ("structure", "assist", "generation", "segmenter")

@@ -9,8 +9,11 @@ and how to supply a good one.
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -37,6 +40,19 @@ def check_weights_path(path: str | Path, *, key: str, how: str, needed_by: str) 
     return p
 
 
+def torch_load_plain(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU, without torch's warnings on the console."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def refused_pickle_reason(e: BaseException) -> str:
+    """One whole clause from torch's long weights-only error: what the file holds that was refused."""
+    m = re.search(r"GLOBAL (\S+)", str(e))
+    return f"it holds {m.group(1)}, which is not a tensor or plain data" if m else "it holds objects other than tensors and plain data"
+
+
 def read_state_dict(path: str | Path, *, key: str, how: str, needed_by: str) -> dict[str, torch.Tensor]:
     """Every tensor of a weights file, by name (a checkpoint's ``"state_dict"`` entry is unwrapped).
 
@@ -51,7 +67,10 @@ def read_state_dict(path: str | Path, *, key: str, how: str, needed_by: str) -> 
 
             sd = load_file(str(p), device="cpu")
         else:
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+            sd = torch_load_plain(p)
+    except pickle.UnpicklingError as e:
+        raise ConfigError(f"{key}: {p}: refused to load: {refused_pickle_reason(e)} (unpickling it could run code); "
+                          f"{how}") from None
     except Exception as e:  # noqa: BLE001 - corrupt zip/pickle, refused pickle globals, SafetensorError …
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"{key}: {p}: cannot read weights ({msg[:200]}); the file may be truncated "

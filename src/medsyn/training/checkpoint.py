@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from medsyn.io.image import file_sha256
+from medsyn.models.weights import refused_pickle_reason, torch_load_plain
 from medsyn.errors import CheckpointError, OutputError
 
 PREFIX = "step_"
@@ -193,11 +194,11 @@ def quarantine(path: Path) -> Path:
 def load_state(path: Path) -> dict[str, Any]:
     """state.pt with ``weights_only=True``: a pickle that would run code is refused."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load_plain(path)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"{path}: refused to load — it contains objects that need unrestricted unpickling "
-            f"(possible code execution); medsyn checkpoints hold only tensors and plain data ({str(e).splitlines()[0][:120]})"
+            f"{path}: refused to load: {refused_pickle_reason(e)} (unpickling it could run code); medsyn checkpoints "
+            "hold only tensors and plain data — use a checkpoint written by medsyn"
         ) from None
     except Exception as e:  # noqa: BLE001 - any other failure of a damaged file is the user's to fix
         first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__

@@ -55,16 +55,17 @@ T = TypeVar("T")
 TIMEOUT = datetime.timedelta(hours=2)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``train.device`` → a torch device: ``auto`` is CUDA when available, else CPU."""
+def resolve_device(name: str, key: str = "config key 'train.device'") -> torch.device:
+    """``train.device`` (or a command's ``--device``, named by ``key`` in errors) → a torch device:
+    ``auto`` is CUDA when available, else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'train.device': {name!r} requested but no CUDA device is available; use cpu or auto")
+        raise ConfigError(f"{key}: {name!r} requested but no CUDA device is available; use cpu or auto")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"config key 'train.device': {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{key}: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
 @dataclass

@@ -158,14 +158,15 @@ class RunLock:
     An advisory ``flock`` on ``RUN/.medsyn.lock``, which records the holder (PID, host, start time)
     for the message a second process gets. The kernel releases the lock when its process ends in
     any way (also SIGKILL or a crash), so a lock file left by a killed run never blocks: the next
-    run simply takes it. ``create``: make the folder if needed (a new run); a folder made here
-    that holds nothing but the lock when the ``with`` block ends (setup failed) is removed again.
+    run simply takes it. ``create``: make the folder if needed (a new run). When the ``with`` block
+    ends without a run written (setup refused), the lock file made here and a folder made here
+    (if empty) are removed again: a refused run leaves a folder as it found it.
     """
 
     def __init__(self, path: str | Path, *, create: bool = True):
         self.path, self.create = Path(path), create
         self._fd: int | None = None
-        self._created = False
+        self._created = self._made_file = False
 
     def __enter__(self) -> "RunLock":
         if not self.path.is_dir():
@@ -174,6 +175,7 @@ class RunLock:
             self._created = not self.path.exists()
             make_output_dir(self.path)
         lock = self.path / LOCK_NAME
+        self._made_file = not lock.exists()
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -195,12 +197,14 @@ class RunLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
-        if self._created and [p.name for p in self.path.iterdir()] == [LOCK_NAME]:
-            (self.path / LOCK_NAME).unlink(missing_ok=True)  # nothing was written: leave no folder behind
+        if self._made_file and not (self.path / "config.yaml").is_file():
+            # no run was written (setup refused): leave the folder as it was, without our lock file
+            (self.path / LOCK_NAME).unlink(missing_ok=True)
             os.close(fd)
-            try:
-                self.path.rmdir()
-            except OSError:
-                pass
+            if self._created:
+                try:
+                    self.path.rmdir()
+                except OSError:
+                    pass
             return
         os.close(fd)  # releases the flock; the file stays (removing it would race with a new holder)
