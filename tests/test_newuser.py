@@ -89,7 +89,7 @@ def test_negative_learning_rate_and_zero_log_every_refused():
     cfg = load_config(None, ["train.minutes=0.5", "params.lr_g=1e-3"])  # YAML 1.1 reads 1e-3 as a string
     assert cfg.train.minutes == 0.5 and cfg.params["lr_g"] == 1e-3
     with pytest.raises(ConfigError, match="'data.normalization.t2w.lower'"):
-        build_config({"data": {"normalization": {"t2w": {"lower": 60, "upper": 40}}}})
+        build_config({"data": {"normalization": {"t2w": {"lower": -1}}}})
 
 
 # ------------------------------------------------------------------ io: the input's header semantics
@@ -342,3 +342,73 @@ def test_refused_pickle_message_is_whole_and_quiet(tmp_path):
 def test_paper_citations_point_to_no_missing_file():
     for _, spec in METHODS.items():
         assert "papers/" not in spec.paper, spec.name
+
+
+# ------------------------------------------------------------------ progress in logs; predict's grammar
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, one_torch_thread):
+    import os
+
+    from medsyn.cli.main import main
+
+    out = tmp_path_factory.mktemp("nu") / "run"
+    os.environ["MEDSYN_PROGRESS_SECONDS"] = "0"  # every step: the lines are what is tested
+    try:
+        assert main(["train", *TINY, "--max-steps", "3", "--out", str(out)]) == 0
+    finally:
+        del os.environ["MEDSYN_PROGRESS_SECONDS"]
+    return out
+
+
+def test_progress_is_timestamped_lines_when_output_is_not_a_terminal(tmp_path, capsys, monkeypatch, one_torch_thread):
+    import re
+
+    from medsyn.cli.main import main
+
+    monkeypatch.setenv("MEDSYN_PROGRESS_SECONDS", "0")
+    assert main(["train", *TINY, "--max-steps", "3", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    ts = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    assert re.search(ts + r" preparing data: reading", out)
+    assert re.search(ts + r" data ready in \d+ s: 1 training, 0 validation subject\(s\); steps 0 → 3", out)
+    lines = re.findall(ts + r" train step (\d)/3 \([\d.]+ %\)(, [\d.e+-]+ s/step)?(, ETA \d+ s)? \| (\S+=\S+ ?)+", out)
+    assert [int(m[0]) for m in lines] == [1, 2, 3] and all(m[1] for m in lines[1:])  # rates from the 2nd line
+    assert "━" not in out  # no bar drawn into the log
+
+
+def test_predict_lines_continue_overrides_and_one_bad_subject(tiny_run, tmp_path, capsys, monkeypatch):
+    import re
+    import shutil
+
+    import nibabel as nib
+
+    from medsyn.cli.main import main
+    from medsyn.data.dataset import sample_root
+
+    monkeypatch.setenv("MEDSYN_PROGRESS_SECONDS", "0")
+    inputs = tmp_path / "in"
+    shutil.copytree(sample_root() / TEST, inputs / "good")
+    (inputs / "bad").mkdir()
+    (inputs / "bad" / "t1n.nii.gz").write_bytes((inputs / "good" / "t1n.nii.gz").read_bytes()[:2000])  # truncated
+    out = tmp_path / "pred"
+    rc = main(["predict", str(tiny_run), str(inputs / "bad"), str(inputs / "good"), "--out", str(out),
+               "--overlap", "0", "--batch-size", "64", "--set", "inference.blend=uniform"])
+    cap = capsys.readouterr()
+    assert rc == 2
+    assert "subject bad:" in cap.err and "1 of 2 subject(s) failed; the others were written" in cap.err
+    assert (out / "good" / "t2w.nii.gz").is_file() and not (out / "bad").exists()
+    assert re.search(r"\d\d:\d\d:\d\d predict subject 2/2: good", cap.out)
+    assert re.search(r"\d\d:\d\d:\d\d predict good window \d+/\d+", cap.out)
+    # continue: the written subject is skipped, not refused and not redone
+    mtime = (out / "good" / "t2w.nii.gz").stat().st_mtime_ns
+    assert main(["predict", str(tiny_run), str(inputs / "good"), "--out", str(out)]) == 2  # exists, no --force
+    assert "--continue" in capsys.readouterr().err
+    assert main(["predict", str(tiny_run), str(inputs / "good"), "--out", str(out), "--continue"]) == 0
+    assert (out / "good" / "t2w.nii.gz").stat().st_mtime_ns == mtime
+    assert nib.load(out / "good" / "t2w.nii.gz").shape == nib.load(inputs / "good" / "t1n.nii.gz").shape
+    # only inference keys may change; values are validated
+    assert main(["predict", str(tiny_run), str(inputs / "good"), "--out", str(tmp_path / "p2"),
+                 "--set", "params.lr_g=1"]) == 2
+    assert "inference.* keys only" in capsys.readouterr().err
+    assert main(["predict", str(tiny_run), str(inputs / "good"), "--out", str(tmp_path / "p2"), "--overlap", "1"]) == 2
+    assert "'inference.overlap'" in capsys.readouterr().err

@@ -48,14 +48,6 @@ class NormConfig:
 
     NUMERIC_BOUNDS: ClassVar[dict[str, Bound]] = {}  # filled below, once Bound exists
 
-    def validate(self, prefix: str = "") -> None:
-        if self.kind == "percentile" and not self.lower < self.upper:
-            raise ConfigError(f"config keys '{prefix}.lower' / '{prefix}.upper': got {self.lower} / {self.upper}, "
-                              "expected lower < upper percentiles, e.g. 0.5 and 99.5")
-        if self.kind == "window" and not self.low < self.high:
-            raise ConfigError(f"config keys '{prefix}.low' / '{prefix}.high': got {self.low} / {self.high}, "
-                              "expected low < high, e.g. -1024 and 3000 HU")
-
 
 @dataclass
 class DataConfig:

@@ -137,33 +137,56 @@ def predict(
     full_fov: bool = typer.Option(False, "--full-fov", help="Compute every window of every slice (inference.region=full) instead of only the source foreground's box; needed only where values outside the mask matter."),
     amp: bool = typer.Option(False, "--amp", help="bf16 autocast (inference.amp): CUDA, or a CPU with native bf16; differs from fp32 by ~1e-3."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the generator (inference.compile): minutes of compilation first, pays off over many volumes."),
+    continue_: bool = typer.Option(False, "--continue", help="Skip subjects whose output exists (resume an interrupted batch)."),
+    overlap: Optional[float] = typer.Option(None, "--overlap", help="Sliding-window overlap in [0, 1) (overrides inference.overlap)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per forward pass (overrides inference.batch_size)."),
+    set_: list[str] = typer.Option([], "--set", help="Override an inference key of the run's config: --set inference.blend=uniform (repeatable)."),
 ) -> None:
-    """Synthesise the run's target modality for whole volumes, in the input's geometry and real units."""
-    from rich.progress import Progress
-
+    """Synthesise the run's target modality for whole volumes, in the input's geometry and real units.
+    A subject that fails (bad input) is reported and the others are still written; exit code 2 then."""
     if missing:
         return _predict_missing(run_dir, inputs, out, force=force, checkpoint=checkpoint, device=device)
 
-    from medsyn.inference.predict import collect_subjects, load_run, predict_subjects
+    from medsyn.inference.predict import collect_subjects, load_run, predict_subjects, with_inference_overrides
+    from medsyn.training.progress import BarOrLines, stamp
 
     if checkpoint not in ("best", "last"):
         raise typer.BadParameter("--checkpoint must be best or last")
+    overrides = list(set_) + ([f"inference.overlap={overlap}"] if overlap is not None else []) + (
+        [f"inference.batch_size={batch_size}"] if batch_size is not None else [])
     run = load_run(run_dir, checkpoint, device)
+    run.cfg = with_inference_overrides(run.cfg, overrides)
     inf = run.cfg.inference
     inf.region = "full" if full_fov else inf.region
     inf.amp, inf.compile = inf.amp or amp, inf.compile or compile_model
     subjects = collect_subjects(inputs, list(run.cfg.data.source))
-    with Progress(console=console) as prog:
-        tasks: dict[str, int] = {}
+    bars: dict[str, BarOrLines] = {}
 
-        def cb(sid: str, done: int, total: int) -> None:
-            if sid not in tasks:
-                tasks[sid] = prog.add_task(f"predict {sid}", total=total)
-            prog.update(tasks[sid], completed=done)
+    def cb(sid: str, done: int, total: int) -> None:
+        if sid not in bars:
+            for b in bars.values():
+                b.stop()
+            if not console.is_terminal:
+                i = next(i for i, s in enumerate(subjects, 1) if s.id == sid)
+                console.print(f"{stamp()} predict subject {i}/{len(subjects)}: {sid}", highlight=False, soft_wrap=True)
+            bars[sid] = BarOrLines(f"predict {sid}", total, console, unit="window")
+        bars[sid].update(done)
 
-        written = predict_subjects(run, subjects, out, force=force, write_confidence=confidence, progress=cb)
+    failures: list[tuple[str, str]] = []
+    try:
+        written = predict_subjects(run, subjects, out, force=force, write_confidence=confidence, progress=cb,
+                                   skip_existing=continue_, failures=failures)
+    finally:
+        for b in bars.values():
+            b.stop()
     for p in written:
-        console.print(f"wrote {p}")
+        console.print(f"wrote {p}", soft_wrap=True)
+    if failures:
+        for sid, msg in failures:
+            err_console.print(f"[red]error:[/] subject {sid}: {msg}", highlight=False, soft_wrap=True)
+        err_console.print(f"{len(failures)} of {len(subjects)} subject(s) failed; the others were written "
+                          "(fix the inputs and rerun with --continue)")
+        raise typer.Exit(2)
 
 
 def _predict_missing(run_dir: Path, inputs: list[Path], out: Path, *, force: bool, checkpoint: str, device: str) -> None:

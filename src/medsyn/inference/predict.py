@@ -25,7 +25,7 @@ from medsyn.data.dataset import Subject, discover, read_subject_folder
 from medsyn.data.normalization import NormalizationState
 from medsyn.data.pipeline import normalize_case
 from medsyn.data.sampling import AXES
-from medsyn.errors import CheckpointError, DatasetError, MedsynWarning, OutputError
+from medsyn.errors import CheckpointError, DatasetError, MedsynError, MedsynWarning, OutputError
 from medsyn.inference.sliding_window import predict_volume_25d
 from medsyn.inference.speedups import amp_dtype, compile_model, fold_batchnorm
 from medsyn.io.image import image_stem, is_image_path, write_like
@@ -163,37 +163,73 @@ def check_outputs(out_dir: Path, subjects: list[Subject], target: str, force: bo
         return
     existing = [out_dir / s.id / f"{target}.nii.gz" for s in subjects if (out_dir / s.id / f"{target}.nii.gz").exists()]
     if existing:
-        raise OutputError(f"{existing[0]}: output exists ({len(existing)} in all); pass --force to overwrite or choose another --out")
+        raise OutputError(f"{existing[0]}: output exists ({len(existing)} in all); pass --force to overwrite, "
+                          "--continue to skip the subjects already written, or choose another --out")
+
+
+def with_inference_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """The run's config with ``--set inference.key=value`` overrides (validated); other sections
+    describe the trained model and cannot change at prediction time."""
+    from medsyn.config import apply_overrides, build_config, parse_override, to_dict
+    from medsyn.errors import ConfigError
+
+    for item in overrides:
+        path, _ = parse_override(item)
+        if path[0] != "inference":
+            raise ConfigError(f"--set {item!r}: predict can change inference.* keys only (overlap, blend, batch_size, "
+                              "mask_background); the other sections describe the trained model")
+    return build_config(apply_overrides(to_dict(cfg), overrides)) if overrides else cfg
 
 
 def predict_subjects(run: LoadedRun, subjects: list[Subject], out_dir: str | Path, *, force: bool = False,
-                     write_confidence: bool = False, progress: Callable[[str, int, int], None] | None = None) -> list[Path]:
+                     write_confidence: bool = False, progress: Callable[[str, int, int], None] | None = None,
+                     skip_existing: bool = False, failures: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Predict every subject into ``out_dir/<subject>/<target>.nii.gz``; return the files written.
+
+    skip_existing: subjects whose output exists are skipped (resuming an interrupted batch).
+    failures: when a list is given, a subject failing with a user error (bad or unreadable input)
+    is recorded there as (subject id, message) and the others are still predicted; otherwise the
+    error is raised.
+    """
     cfg, out_dir = run.cfg, Path(out_dir)
     target = cfg.data.target
+    if skip_existing:
+        subjects = [s for s in subjects if not (out_dir / s.id / f"{target}.nii.gz").exists()]
     check_outputs(out_dir, subjects, target, force)
-    written = []
-    tn = run.norm.target_normalizer()
+    written: list[Path] = []
     generator = inference_generator(run.method, cfg)  # once for all subjects (compiling is slow)
     for s in subjects:
-        case: Case = load_case(s, list(cfg.data.source), None, mask=None, label=None, resample=cfg.data.resample,
-                               require_target=False)
-        _warn_out_of_distribution(run, case)
-        nc = normalize_case(case, run.norm, cfg.data.source)
-        cb = (lambda d, t, sid=s.id: progress(sid, d, t)) if progress else None
-        # the foreground-aware region needs the mask that is written as background below
-        mask = case.mask if cfg.inference.mask_background else None
-        pred_n, conf = predict_case_arrays(run.method, nc.source, cfg, run.device, context=run.context,
-                                           confidence=write_confidence, mask=mask, generator=generator,
-                                           progress=cb)
-        pred = tn.inverse(pred_n)
-        # outside the foreground the target is background (0 for skull-stripped MR, air for CT):
-        # write the training targets' background value there rather than the network's guess
-        if cfg.inference.mask_background:
-            pred[~case.mask] = run.norm.target_background
-        dtype = np.dtype(run.norm.target_dtype)
-        written.append(write_like(case.reference, pred, out_dir / s.id / f"{target}.nii.gz", dtype=dtype))
-        if conf is not None:
-            written.append(write_like(case.reference, conf, out_dir / s.id / f"{target}_confidence.nii.gz"))
+        try:
+            written += _predict_one(run, s, out_dir, write_confidence, progress, generator)
+        except MedsynError as e:
+            if failures is None:
+                raise
+            failures.append((s.id, str(e)))
+    return written
+
+
+def _predict_one(run: LoadedRun, s: Subject, out_dir: Path, write_confidence: bool,
+                 progress: Callable[[str, int, int], None] | None, generator: Any) -> list[Path]:
+    cfg, target, written = run.cfg, run.cfg.data.target, []
+    tn = run.norm.target_normalizer()
+    case: Case = load_case(s, list(cfg.data.source), None, mask=None, label=None, resample=cfg.data.resample,
+                           require_target=False)
+    _warn_out_of_distribution(run, case)
+    nc = normalize_case(case, run.norm, cfg.data.source)
+    cb = (lambda d, t, sid=s.id: progress(sid, d, t)) if progress else None
+    # the foreground-aware region needs the mask that is written as background below
+    mask = case.mask if cfg.inference.mask_background else None
+    pred_n, conf = predict_case_arrays(run.method, nc.source, cfg, run.device, context=run.context,
+                                       confidence=write_confidence, mask=mask, generator=generator, progress=cb)
+    pred = tn.inverse(pred_n)
+    # outside the foreground the target is background (0 for skull-stripped MR, air for CT):
+    # write the training targets' background value there rather than the network's guess
+    if cfg.inference.mask_background:
+        pred[~case.mask] = run.norm.target_background
+    dtype = np.dtype(run.norm.target_dtype)
+    written.append(write_like(case.reference, pred, out_dir / s.id / f"{target}.nii.gz", dtype=dtype))
+    if conf is not None:
+        written.append(write_like(case.reference, conf, out_dir / s.id / f"{target}_confidence.nii.gz"))
     return written
 
 

@@ -50,6 +50,7 @@ from medsyn.errors import CheckpointError, ConfigError, DatasetError, MedsynErro
 from medsyn.methods import METHODS, Method, Runtime
 from medsyn.training import checkpoint as ckpt
 from medsyn.training.budget import check_patches_fit, check_step_fits
+from medsyn.training.progress import BarOrLines, duration, stamp
 from medsyn.training.distributed import SINGLE, DistContext, params_fingerprint, resolve_device  # noqa: F401
 from medsyn.training.run_dir import RunDir, provenance
 
@@ -205,7 +206,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     def _log(self, msg: str) -> None:
         if self.console is not None:
-            self.console.print(msg)
+            self.console.print(msg, soft_wrap=True)  # one line each in a log file (no wrapping at 80 columns)
 
     def _check_run_folder(self) -> dict[str, Any] | None:
         """Fresh run: refuse a folder holding another run. Resume: compare configs; return None."""
@@ -542,7 +543,12 @@ class Trainer:
         return (total[:n] / self.dist.world_size).to(torch.float32), bool(total[n] > 0), bool(total[n + 1] > 0)
 
     def fit(self) -> TrainResult:
+        t_setup = time.monotonic()
+        self._log(f"{stamp()} preparing data: reading, checking and normalising the subjects of "
+                  f"{self.cfg.data.root} once (kept in memory)")
         self.setup()
+        self._log(f"{stamp()} data ready in {duration(time.monotonic() - t_setup)}: {len(self.data.splits.get('train') or [])} "
+                  f"training, {len(self.data.splits.get('val') or [])} validation subject(s); steps {self.step} → {self.total_steps}")
         self._wrap_networks()
         cfg, main = self.cfg, self.dist.is_main
         old_handlers = self._install_signals()
@@ -552,14 +558,8 @@ class Trainer:
         n_sum = 0
         progress = None
         try:
-            if self.show_progress and self.console is not None:
-                from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-                progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-                                    console=self.console, transient=False)
-                progress.start()
-                task = progress.add_task("train", total=self.total_steps, completed=self.step, losses="")
+            if self.show_progress and self.console is not None:  # a bar on a terminal, timestamped lines in a log
+                progress = BarOrLines("train", self.total_steps, self.console, start=self.step)
             self.method.train()
             while self.step < self.total_steps:
                 losses = self.method.train_step(self.feed, self.step + 1)
@@ -589,10 +589,10 @@ class Trainer:
                                 if k not in ("step", "epoch"):
                                     w.add_scalar(k, v, self.step)
                     if progress:
-                        progress.update(task, losses=" ".join(f"{k.split('/')[-1]}={v / n_sum:.3g}" for k, v in list(sums.items())[:4]))
+                        progress.set_extra(" ".join(f"{k}={v / n_sum:.3g}" for k, v in list(sums.items())[:6]))
                     sums, n_sum = {}, 0
                 if progress:
-                    progress.update(task, completed=self.step)
+                    progress.update(self.step)
                 if self.step % self.steps_per_epoch == 0:
                     self.epoch += 1
                     self.method.epoch_end(self.epoch)

@@ -156,7 +156,7 @@ class RunLock:
     """Exclusive hold on a run folder while one process trains into it (``with RunLock(path): ...``).
 
     An advisory ``flock`` on ``RUN/.medsyn.lock``, which records the holder (PID, host, start time)
-    for the message a second process gets. The kernel releases the lock when its process ends in
+    for the message a second process gets while the lock is held (emptied when released). The kernel releases the lock when its process ends in
     any way (also SIGKILL or a crash), so a lock file left by a killed run never blocks: the next
     run simply takes it. ``create``: make the folder if needed (a new run). When the ``with`` block
     ends without a run written (setup refused), the lock file made here and a folder made here
@@ -207,4 +207,5 @@ class RunLock:
                 except OSError:
                     pass
             return
+        os.ftruncate(fd, 0)  # the holder's line goes with the hold (a refused attempt leaves the file as it was)
         os.close(fd)  # releases the flock; the file stays (removing it would race with a new holder)
