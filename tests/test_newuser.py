@@ -412,3 +412,18 @@ def test_predict_lines_continue_overrides_and_one_bad_subject(tiny_run, tmp_path
     assert "inference.* keys only" in capsys.readouterr().err
     assert main(["predict", str(tiny_run), str(inputs / "good"), "--out", str(tmp_path / "p2"), "--overlap", "1"]) == 2
     assert "'inference.overlap'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ configs outside the repository
+def test_bundled_config_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    from medsyn.cli.main import main
+    from medsyn.config import resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config("nie2018_brats_t1_t2").method == load_config("nie2018_brats_t1_t2.yaml").method
+    assert resolve_config("nie2018_dual").name == "nie2018_dual.yaml"
+    with pytest.raises(ConfigError) as e:
+        load_config("nie2018_brats_t1_t3")
+    msg = str(e.value)
+    assert "did you mean 'nie2018_brats_t1_t2'" in msg.lower() and "configs/" not in msg
+    assert main(["configs"]) == 0 and "qu_brats" in capsys.readouterr().out

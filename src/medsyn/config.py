@@ -415,7 +415,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} not found; pass a YAML file such as configs/nie2018_brats_t1_t2.yaml")
+        raise ConfigError(f"config file {str(p)!r} not found")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
@@ -449,9 +449,43 @@ def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
     return deep_merge(read_config_yaml(p.parent / base, _seen + (p,)), data)
 
 
+def config_dirs() -> list[Path]:
+    """Where the paper configs are: the source checkout's ``configs/`` (a clone, ``pip install -e .``),
+    then ``<prefix>/share/medsyn/configs`` (a normal install: pyproject's data-files)."""
+    import site
+    import sys
+
+    here = Path(__file__).resolve()
+    dirs = [here.parents[2] / "configs", *(Path(p) / "share" / "medsyn" / "configs" for p in (sys.prefix, site.USER_BASE))]
+    return [d for d in dirs if d.is_dir()]
+
+
+def config_names() -> list[str]:
+    return sorted({p.stem for d in config_dirs() for p in d.glob("*.yaml")})
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A YAML path as given, or the name of a bundled config (``nie2018_brats_t1_t2``, with or
+    without ``.yaml``); ConfigError listing the bundled names when it is neither."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.parent == Path("."):
+        for d in config_dirs():
+            for cand in (d / p.name, d / f"{p.name}.yaml"):
+                if cand.is_file():
+                    return cand
+    names = config_names()
+    close = difflib.get_close_matches(p.stem, names, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"config {str(path)!r}: no such file, and not the name of a bundled config.{hint} "
+                      f"Give a YAML file or one of: {', '.join(names) or '(none found)'} (`medsyn configs` lists them)")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read YAML (or defaults when ``path`` is None), apply ``--set`` overrides, validate."""
-    data = read_config_yaml(path) if path is not None else {}
+    """Read YAML (or defaults when ``path`` is None), apply ``--set`` overrides, validate.
+    ``path`` may also name a bundled config (:func:`resolve_config`)."""
+    data = read_config_yaml(resolve_config(path)) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     return build_config(data)
 

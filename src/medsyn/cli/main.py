@@ -81,7 +81,7 @@ def verify(
 # ------------------------------------------------------------------------------------------------
 @app.command()
 def train(
-    config: Optional[Path] = typer.Argument(None, help="YAML config, e.g. configs/nie2018_brats_t1_t2.yaml (omit with --resume; omitted otherwise: the defaults)."),
+    config: Optional[Path] = typer.Argument(None, help="YAML config or the name of a bundled one, e.g. nie2018_brats_t1_t2 (`medsyn configs` lists them; omit with --resume; omitted otherwise: the defaults)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key: --set train.batch_size=4 (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder to create (default runs/<method>-<time>)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N generator updates."),
@@ -293,6 +293,25 @@ def methods() -> None:
     table.add_column("what it is")
     for name, spec in METHODS.items():
         table.add_row(name, spec.summary)
+    console.print(table)
+
+
+@app.command()
+def configs() -> None:
+    """List the bundled paper configs: `medsyn train NAME` runs one from any folder."""
+    from medsyn.config import config_dirs, read_yaml
+
+    table = Table(title="medsyn configs")
+    table.add_column("name")
+    table.add_column("method")
+    table.add_column("extends")
+    seen = set()
+    for d in config_dirs():
+        for p in sorted(d.glob("*.yaml")):
+            if p.stem not in seen:
+                seen.add(p.stem)
+                data = read_yaml(p)
+                table.add_row(p.stem, str(data.get("method", "(from extends)")), str(data.get("extends", "-")))
     console.print(table)
 
 
