@@ -229,7 +229,7 @@ def test_patch_larger_than_the_data_is_refused_before_any_file(tmp_path, capsys,
     out = tmp_path / "run"
     assert main(["train", *TINY, "--set", "data.patch_size=[512,512]", "--max-steps", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "'data.patch_size': 512×512 is larger than the largest axial slice" in err and "Traceback" not in err
+    assert "'data.patch_size': 512×512 is more than 2× the largest axial slice" in err and "Traceback" not in err
     assert not out.exists()
 
 
@@ -427,3 +427,32 @@ def test_bundled_config_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
     msg = str(e.value)
     assert "did you mean 'nie2018_brats_t1_t2'" in msg.lower() and "configs/" not in msg
     assert main(["configs"]) == 0 and "qu_brats" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ small splits; the demo's meaning
+def test_two_subjects_leave_one_held_out_and_the_gaps_are_said(tmp_path):
+    from medsyn.data.dataset import discover, sample_root, split_subjects, split_notes
+
+    splits = split_subjects(discover(sample_root()))
+    assert len(splits["train"]) == 1 and len(splits["test"]) == 1 and splits["val"] == []
+    notes = split_notes(splits)
+    assert len(notes) == 1 and notes[0].startswith("no validation subject (2 subject(s) in all)")
+    assert "'best' checkpoint is the last one" in notes[0]
+    assert any(n.startswith("no test subject") for n in split_notes({"train": ["a"], "val": [], "test": []}))
+
+
+def test_split_notes_at_start_and_in_the_run_folder(tiny_run):
+    import json
+
+    prov = json.loads((tiny_run / "provenance.json").read_text())
+    assert [n.split(" (")[0] for n in prov["split_notes"]] == ["no validation subject"]
+
+
+def test_demo_says_what_was_trained():
+    from medsyn.cli.demo import demo_config, what_was_trained
+
+    cfg = build_config(demo_config(3.0, "cpu", None))
+    text = what_was_trained(cfg, 16, 185.0, "minutes")
+    assert "trained on ONE subject (BraTS-MET-00110-000) for 16 of 40000 planned steps (0.04 %, 3 min 5 s" in text
+    assert "stopped by the time budget" in text and "held-out BraTS-GLI-00000-000" in text
+    assert "fully trained demo model on this pair" in text

@@ -262,7 +262,9 @@ def split_subjects(
     train only when ``train`` is not given), then the manifest's split column, then a seeded
     shuffle (``random.Random(seed)`` on sorted ids — on sorted groups when subjects are visits of one
     participant, so visits never cross splits; at least one training subject; val/test get
-    ``round(fraction · n)`` subjects (groups) each, at least one each when n ≥ 3 and the fraction > 0).
+    ``round(fraction · n)`` subjects (groups) each, at least one each when the fraction > 0 and n ≥ 3 —
+    for the test split already when n = 2, so that even two subjects leave one held-out prediction;
+    :func:`split_notes` says what is missing).
     """
     ids = ds.ids()
     explicit = {"train": train, "val": val, "test": test}
@@ -292,12 +294,12 @@ def split_subjects(
     random.Random(seed).shuffle(shuffled)
     n = len(shuffled)
 
-    def count(frac: float) -> int:
-        if frac <= 0 or n < 3:
+    def count(frac: float, n_min: int) -> int:
+        if frac <= 0 or n < n_min:
             return 0
         return max(1, int(round(frac * n)))
 
-    n_test, n_val = count(test_fraction), count(val_fraction)
+    n_test, n_val = count(test_fraction, 2), count(val_fraction, 3)
     while n - n_test - n_val < 1:
         if n_val > 0:
             n_val -= 1
@@ -305,6 +307,20 @@ def split_subjects(
             n_test -= 1
     parts = {"test": shuffled[:n_test], "val": shuffled[n_test:n_test + n_val], "train": shuffled[n_test + n_val:]}
     return {k: sorted(i for g in v for i in groups[g]) for k, v in parts.items()}
+
+
+def split_notes(splits: dict[str, list[str]]) -> list[str]:
+    """What a split lacks and what follows from it, in words (printed at the start of training,
+    kept in the run's provenance.json and shown by the report)."""
+    n = sum(len(v) for v in splits.values())
+    notes = []
+    if not splits.get("val"):
+        notes.append(f"no validation subject ({n} subject(s) in all): no validation during training, and the 'best' "
+                     "checkpoint is the last one; set data.val or data.val_fraction (needs ≥ 3 subjects)")
+    if not splits.get("test"):
+        notes.append(f"no test subject ({n} subject(s) in all): nothing is held out for `medsyn report` and "
+                     "`medsyn evaluate`; set data.test or data.test_fraction (needs ≥ 2 subjects)")
+    return notes
 
 
 def _check_disjoint(splits: dict[str, list[str]]) -> None:

@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from medsyn import __version__
+from medsyn.data.dataset import split_notes
 from medsyn.errors import ConfigError, DatasetError, MedsynError
 from medsyn.io.image import atomic_write_bytes, make_output_dir
 from medsyn.reports import figures, tables
@@ -244,6 +245,8 @@ def _data_section(info: RunInfo) -> list:
         srows = [[k, str(len(v)), ", ".join(v[:12]) + (f", … ({len(v) - 12} more)" if len(v) > 12 else "")]
                  for k, v in info.splits.items()]
         blocks.append(Table(["split", "subjects", "ids"], srows, caption="Splits (subject-level)"))
+        for note in split_notes(info.splits):  # the same words as at the start of training
+            blocks.append(Note(f"Splits: {note}."))
     else:
         blocks.append(Note("No splits.json: the split is unknown."))
     return blocks

@@ -1,6 +1,7 @@
 """Will the run fit? Patch size against the data and a memory estimate, checked before training.
 
-A patch larger than every training slice is mostly padding, and its memory grows with its area:
+A patch more than twice as large as every training slice (along a side) is mostly padding, and
+its memory grows with its area:
 ``data.patch_size=[512, 512]`` on a 72×89 image once took 23.7 GB for one step. Both are refused
 before the first step (and before the run folder is written), with the numbers.
 
@@ -31,6 +32,8 @@ PARAMETER_FACTOR = 4
 #: refuse above this share of the available memory
 MAX_SHARE = 0.9
 PROBE_SIDE = 64
+#: a patch side may exceed the slice side by this factor at most (padding up to the stride)
+MAX_PATCH_TO_SLICE = 2
 
 
 def gib(n: float) -> str:
@@ -38,7 +41,8 @@ def gib(n: float) -> str:
 
 
 def check_patch_fits_data(cases: list[Any], patch_size: list[int], slice_axis: str) -> None:
-    """ConfigError when a patch side exceeds that side of every training slice.
+    """ConfigError when a patch side is more than ``MAX_PATCH_TO_SLICE`` × that side of every
+    training slice (a little padding is normal: patch sides are multiples of the network's stride).
 
     cases: :class:`~medsyn.data.sampling.NormalizedCase` list (mask (X, Y, Z) on the canonical grid).
     """
@@ -46,11 +50,12 @@ def check_patch_fits_data(cases: list[Any], patch_size: list[int], slice_axis: s
         return
     axes = [a for a in range(3) if a != AXES[slice_axis]]
     largest = [max(c.mask.shape[a] for c in cases) for a in axes]
-    if any(p > s for p, s in zip(patch_size, largest)):
+    if any(p > MAX_PATCH_TO_SLICE * s for p, s in zip(patch_size, largest)):
         raise ConfigError(
-            f"config key 'data.patch_size': {patch_size[0]}×{patch_size[1]} is larger than the largest {slice_axis} "
-            f"slice of the {len(cases)} training subject(s), {largest[0]}×{largest[1]} voxels; a patch would be "
-            f"mostly padding. Choose at most [{largest[0]}, {largest[1]}] (multiples of the network's stride)")
+            f"config key 'data.patch_size': {patch_size[0]}×{patch_size[1]} is more than {MAX_PATCH_TO_SLICE}× the "
+            f"largest {slice_axis} slice of the {len(cases)} training subject(s), {largest[0]}×{largest[1]} voxels; "
+            f"a patch would be mostly padding. Choose about [{largest[0]}, {largest[1]}] or less (multiples of the "
+            "network's stride)")
 
 
 def available_bytes(device: torch.device) -> int | None:

@@ -43,6 +43,7 @@ import torch
 
 from medsyn import __version__
 from medsyn.config import RunConfig, config_hash, diff_configs, method_params, to_dict
+from medsyn.data.dataset import split_notes
 from medsyn.data.normalization import NormalizationState
 from medsyn.data.pipeline import PreparedData, prepare_training_data
 from medsyn.data.sampling import PatchSampler25D
@@ -357,6 +358,7 @@ class Trainer:
                             "learning_rates": "as configured, not rescaled with the global batch",
                             "amp_dtype": str(self.method.runtime.amp_dtype).replace("torch.", "") if self.method.runtime.amp_dtype else None,
                             "compile": t.compile, "num_workers": t.num_workers}
+        prov["split_notes"] = split_notes(self.data.splits)
         return prov
 
     # -- resume ----------------------------------------------------------------------------------
@@ -549,6 +551,8 @@ class Trainer:
         self.setup()
         self._log(f"{stamp()} data ready in {duration(time.monotonic() - t_setup)}: {len(self.data.splits.get('train') or [])} "
                   f"training, {len(self.data.splits.get('val') or [])} validation subject(s); steps {self.step} → {self.total_steps}")
+        for note in split_notes(self.data.splits):
+            self._log(f"[yellow]splits:[/] {note}")
         self._wrap_networks()
         cfg, main = self.cfg, self.dist.is_main
         old_handlers = self._install_signals()
