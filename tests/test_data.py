@@ -144,7 +144,11 @@ def test_split_does_not_depend_on_subject_order(tiny_dataset):
 
 
 def test_small_datasets_keep_a_training_subject(tiny_dataset):
-    assert split_subjects(_ds(tiny_dataset, 2)) == {"train": ["sub00", "sub01"], "val": [], "test": []}
+    # two subjects: one trains, one is held out for test (issue 17: a held-out prediction even then)
+    ds = _ds(tiny_dataset, 2)
+    s = split_subjects(ds)
+    assert len(s["train"]) == 1 and len(s["test"]) == 1 and s["val"] == []
+    assert split_subjects(ds, test_fraction=0) == {"train": ["sub00", "sub01"], "val": [], "test": []}
 
 
 def test_explicit_splits(tiny_dataset):

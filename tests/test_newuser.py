@@ -270,7 +270,7 @@ def test_grid_mismatch_says_what_differs_and_how_train_resamples(tmp_path):
     with pytest.raises(GeometryError) as e:
         load_case(s, ["t1n"], "t2w")
     msg = str(e.value)
-    assert "origin shifted by 10 mm (+10, +0, +0 mm along R, A, S)" in msg and "shape" not in msg
+    assert "affine origin shifted by 10 mm (+10, +0, +0 mm along R, A, S)" in msg and "shape" not in msg
     assert "--set data.resample=true" in msg and "pass --resample" not in msg
 
 
@@ -456,3 +456,32 @@ def test_demo_says_what_was_trained():
     assert "trained on ONE subject (BraTS-MET-00110-000) for 16 of 40000 planned steps (0.04 %, 3 min 5 s" in text
     assert "stopped by the time budget" in text and "held-out BraTS-GLI-00000-000" in text
     assert "fully trained demo model on this pair" in text
+
+
+# ------------------------------------------------------------------ one grammar for all verbs
+def test_version_and_positional_evaluate(tmp_path, capsys):
+    import json
+
+    from medsyn import __version__
+    from medsyn.cli.main import main
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"medsyn {__version__}"
+    assert main(["evaluate", "--modality", "t2w", "--out", str(tmp_path / "m.json")]) == 2
+    assert "missing PRED" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path), "sample", "--pred", str(tmp_path / "x"), "--modality", "t2w"]) == 2
+    assert "PRED and --pred both given" in capsys.readouterr().err
+
+
+def test_evaluate_takes_positional_inputs_like_predict_and_report(tiny_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    from medsyn.cli.main import main
+    from medsyn.data.dataset import sample_root
+
+    shutil.copytree(sample_root() / TEST, tmp_path / "in" / TEST)
+    assert main(["predict", str(tiny_run), str(tmp_path / "in" / TEST), "--out", str(tmp_path / "pred")]) == 0
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(tmp_path / "pred"), "sample", "--modality", "t2w", "--out", str(out)]) == 0
+    assert TEST in json.loads(out.read_text())["subjects"]
+    assert main(["evaluate", str(tmp_path / "pred"), "sample", "--modality", "t2w", "--out", str(out), "--force"]) == 0

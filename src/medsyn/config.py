@@ -478,7 +478,7 @@ def resolve_config(path: str | Path) -> Path:
     names = config_names()
     close = difflib.get_close_matches(p.stem, names, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"config {str(path)!r}: no such file, and not the name of a bundled config.{hint} "
+    raise ConfigError(f"config {str(path)!r}: not found (no such file, and not the name of a bundled config).{hint} "
                       f"Give a YAML file or one of: {', '.join(names) or '(none found)'} (`medsyn configs` lists them)")
 
 

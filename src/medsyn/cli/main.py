@@ -33,8 +33,34 @@ console = Console(stderr=False)
 err_console = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from medsyn import __version__
+
+        console.print(f"medsyn {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print medsyn's version and exit."),
+) -> None:
+    """Medical image synthesis with GANs: train, predict and evaluate faithful implementations of published
+    methods on NIfTI/DICOM volumes, keeping geometry and units."""
+
+
 def _split(value: Optional[str]) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _one_of(positional: Optional[Path], option: Optional[Path], name: str, flag: str) -> Path:
+    """An input given either positionally or by its option (the older spelling), not both."""
+    if positional is not None and option is not None and positional != option:
+        raise ConfigError(f"{name} and {flag} both given ({positional} vs {option}); give one")
+    value = positional if positional is not None else option
+    if value is None:
+        raise ConfigError(f"missing {name}: give it as an argument (or with {flag})")
+    return value
 
 
 def _refuse_overwrite(paths: list[Path], force: bool) -> None:
@@ -175,7 +201,7 @@ def predict(
     failures: list[tuple[str, str]] = []
     try:
         written = predict_subjects(run, subjects, out, force=force, write_confidence=confidence, progress=cb,
-                                   skip_existing=continue_, failures=failures)
+                                   skip_existing=continue_, failures=failures if len(subjects) > 1 else None)
     finally:
         for b in bars.values():
             b.stop()
@@ -185,7 +211,7 @@ def predict(
         for sid, msg in failures:
             err_console.print(f"[red]error:[/] subject {sid}: {msg}", highlight=False, soft_wrap=True)
         err_console.print(f"{len(failures)} of {len(subjects)} subject(s) failed; the others were written "
-                          "(fix the inputs and rerun with --continue)")
+                          "(fix the inputs and rerun with --continue)", soft_wrap=True)
         raise typer.Exit(2)
 
 
@@ -208,8 +234,10 @@ def _predict_missing(run_dir: Path, inputs: list[Path], out: Path, *, force: boo
 # ------------------------------------------------------------------------------------------------
 @app.command()
 def evaluate(
-    pred: Path = typer.Option(..., "--pred", help="Prediction folder: <subject>/<modality>.nii.gz."),
-    ref: Path = typer.Option(..., "--ref", help="Reference dataset folder (or 'sample')."),
+    pred_arg: Optional[Path] = typer.Argument(None, metavar="PRED", help="Prediction folder: <subject>/<modality>.nii.gz (or --pred)."),
+    ref_arg: Optional[Path] = typer.Argument(None, metavar="REF", help="Reference dataset folder or 'sample' (or --ref)."),
+    pred: Optional[Path] = typer.Option(None, "--pred", help="Prediction folder (same as PRED)."),
+    ref: Optional[Path] = typer.Option(None, "--ref", help="Reference dataset (same as REF)."),
     modality: Optional[str] = typer.Option(None, "--modality", help="Modality to compare, e.g. t2w or ct (required unless --segmenter)."),
     out: Path = typer.Option(Path("metrics.json"), "--out", help="JSON output; a CSV is written beside it."),
     mask: str = typer.Option("auto", "--mask", help="Foreground: auto (brainmask/bodymask, else computed), or a file name such as brainmask or seg."),
@@ -222,9 +250,12 @@ def evaluate(
     segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="BraSyn downstream check: a Qu et al. pipeline run whose 4-contrast segmenter segments each subject with its real and with its completed contrasts (--pred: the completed contrasts); Dice per label and region."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file (and the CSV beside it)."),
 ) -> None:
-    """Per-subject and summary metrics (MAE, PSNR, SSIM, ...) per region, with the data range and mask stated."""
+    """Per-subject and summary metrics (MAE, PSNR, SSIM, ...) per region, with the data range and mask stated.
+    Inputs are positional as for predict and report: `medsyn evaluate PRED REF --modality t2w`."""
     from medsyn.data.dataset import resolve_root
     from medsyn.metrics.evaluate import evaluate_predictions, write_results
+
+    pred, ref = _one_of(pred_arg, pred, "PRED", "--pred"), _one_of(ref_arg, ref, "REF", "--ref")
 
     _refuse_overwrite([out, out.with_suffix(".csv")], force)
     if segmenter is not None:
@@ -362,17 +393,16 @@ from medsyn.cli.study import study_app; app.add_typer(study_app, name="reader-st
 
 
 # ------------------------------------------------------------------------------------------------
-_default_showwarning = warnings.showwarning
+_default_formatwarning = warnings.formatwarning
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    """medsyn's own warnings as one line on stderr (no source line); others as Python prints them."""
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    """medsyn's own warnings as one line (no source file and line); others as Python prints them."""
     from medsyn.errors import MedsynWarning
 
     if issubclass(category, MedsynWarning):
-        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
+        return f"warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     from typer.exceptions import Abort, Exit
 
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
-    warnings.showwarning = _show_warning
+    warnings.formatwarning = _format_warning
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:monai")
     try:
         rc = app(args=argv, standalone_mode=False)  # returns typer.Exit's code in this mode

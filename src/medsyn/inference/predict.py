@@ -25,7 +25,7 @@ from medsyn.data.dataset import Subject, discover, read_subject_folder
 from medsyn.data.normalization import NormalizationState
 from medsyn.data.pipeline import normalize_case
 from medsyn.data.sampling import AXES
-from medsyn.errors import CheckpointError, DatasetError, MedsynError, MedsynWarning, OutputError
+from medsyn.errors import CheckpointError, DatasetError, GeometryError, MedsynWarning, OutputError
 from medsyn.inference.sliding_window import predict_volume_25d
 from medsyn.inference.speedups import amp_dtype, compile_model, fold_batchnorm
 from medsyn.io.image import image_stem, is_image_path, write_like
@@ -187,9 +187,9 @@ def predict_subjects(run: LoadedRun, subjects: list[Subject], out_dir: str | Pat
     """Predict every subject into ``out_dir/<subject>/<target>.nii.gz``; return the files written.
 
     skip_existing: subjects whose output exists are skipped (resuming an interrupted batch).
-    failures: when a list is given, a subject failing with a user error (bad or unreadable input)
-    is recorded there as (subject id, message) and the others are still predicted; otherwise the
-    error is raised.
+    failures: when a list is given, a subject whose input is bad (DatasetError, GeometryError) is
+    recorded there as (subject id, message) and the others are still predicted; otherwise the
+    error is raised. Output errors (disk full, not writable) always stop the batch.
     """
     cfg, out_dir = run.cfg, Path(out_dir)
     target = cfg.data.target
@@ -201,7 +201,7 @@ def predict_subjects(run: LoadedRun, subjects: list[Subject], out_dir: str | Pat
     for s in subjects:
         try:
             written += _predict_one(run, s, out_dir, write_confidence, progress, generator)
-        except MedsynError as e:
+        except (DatasetError, GeometryError) as e:  # this subject's input; an output problem stops all
             if failures is None:
                 raise
             failures.append((s.id, str(e)))

@@ -389,10 +389,10 @@ def grid_difference(a: Volume, b: Volume, atol: float = 1e-3) -> str:
     if not np.allclose(sa, sb, atol=atol):
         parts.append(f"spacing {' × '.join(f'{x:.3g}' for x in sa)} vs {' × '.join(f'{x:.3g}' for x in sb)} mm")
     if not np.allclose(a.affine[:3, :3] / sa, b.affine[:3, :3] / sb, atol=1e-3):
-        parts.append("axis directions differ (rotated or flipped)")
+        parts.append("affine axis directions differ (rotated or flipped)")
     shift = a.affine[:3, 3] - b.affine[:3, 3]
     if np.abs(shift).max() > atol:
-        parts.append(f"origin shifted by {float(np.linalg.norm(shift)):.3g} mm "
+        parts.append(f"affine origin shifted by {float(np.linalg.norm(shift)):.3g} mm "
                      f"({', '.join(f'{x:+.3g}' for x in shift)} mm along R, A, S)")
     return "; ".join(parts)
 

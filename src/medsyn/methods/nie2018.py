@@ -31,8 +31,8 @@ from medsyn.methods.base import Batch, Method, MethodSpec, frozen, register
 from medsyn.models.discriminators.nie import GlobalDiscriminator, LocalDiscriminator
 from medsyn.models.generators.unet25d import UNet25D
 
-PAPER = ("Nie, Xiang, Wang, Shen: Dual Adversarial Learning with Attention Mechanism for Fine-grained Medical "
-         "Image Synthesis, MICCAI 2018")
+PAPER = ("Nie et al., MICCAI 2018: Dual Adversarial Learning with Attention Mechanism for Fine-grained Medical "
+         "Image Synthesis (Nie, Xiang, Wang, Shen)")
 
 
 @dataclass
