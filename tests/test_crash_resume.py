@@ -139,7 +139,8 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted_run(args, ref
 
 def test_sigterm_and_sigint_save_a_checkpoint_before_exit(args, reference, tmp_path):
     """Pre-emption (SIGTERM), then Ctrl-C (SIGINT): each stops after the current step with a
-    checkpoint of it and exit code 0; resuming after both ends as the uninterrupted run."""
+    checkpoint of it and exit code 130 (interrupted work, issue 17); resuming after both ends as
+    the uninterrupted run."""
     run, log = tmp_path / "run", tmp_path / "log.txt"
     argv = [*args, "--out", run]
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -147,7 +148,8 @@ def test_sigterm_and_sigint_save_a_checkpoint_before_exit(args, reference, tmp_p
         p = start(argv, log)
         wait_for_checkpoint_after(run, before + 1, p)
         os.kill(p.pid, sig)
-        finish(p, log)  # a clean exit, not a crash
+        p.join(300)
+        assert p.exitcode == 130, log.read_text()[-3000:]  # a clean stop, not a crash, and not "done"
         text = " ".join(log.read_text().split())
         assert f"stopped by {sig.name}" in text and "checkpoint saved at step" in text
         stopped_at = last_step(run)

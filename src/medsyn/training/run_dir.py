@@ -38,6 +38,22 @@ from medsyn.io.image import atomic_write_bytes, make_output_dir
 #: file in a run folder that the training process holds locked (not part of the run's content)
 LOCK_NAME = ".medsyn.lock"
 
+#: lock file descriptors this process holds; a forked child (e.g. a DataLoader worker) closes its
+#: copies at once, so the lock ends with the training process even if a worker outlives it briefly
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    for fd in list(_HELD_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
 
 class RunDir:
     def __init__(self, path: str | Path):
@@ -191,12 +207,14 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
         self._fd = fd
+        _HELD_LOCK_FDS.add(fd)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        _HELD_LOCK_FDS.discard(fd)
         if self._made_file and not (self.path / "config.yaml").is_file():
             # no run was written (setup refused): leave the folder as it was, without our lock file
             (self.path / LOCK_NAME).unlink(missing_ok=True)
