@@ -256,7 +256,6 @@ def evaluate(
     from medsyn.metrics.evaluate import evaluate_predictions, write_results
 
     pred, ref = _one_of(pred_arg, pred, "PRED", "--pred"), _one_of(ref_arg, ref, "REF", "--ref")
-
     _refuse_overwrite([out, out.with_suffix(".csv")], force)
     if segmenter is not None:
         return _evaluate_segmenter(segmenter, pred, resolve_root(str(ref)), out)
