@@ -485,3 +485,11 @@ def test_evaluate_takes_positional_inputs_like_predict_and_report(tiny_run, tmp_
     assert main(["evaluate", str(tmp_path / "pred"), "sample", "--modality", "t2w", "--out", str(out)]) == 0
     assert TEST in json.loads(out.read_text())["subjects"]
     assert main(["evaluate", str(tmp_path / "pred"), "sample", "--modality", "t2w", "--out", str(out), "--force"]) == 0
+
+
+def test_demo_counts_the_full_schedule_even_when_capped():
+    from medsyn.cli.demo import demo_config, what_was_trained
+
+    cfg = build_config(demo_config(3.0, "cpu", 3))
+    assert "for 3 of 40000 planned steps (0.0075 %, 1 min 2 s, stopped by max_steps)" in what_was_trained(cfg, 3, 62.0, "max_steps")
+    assert "for 20000 of 40000 planned steps (50 %," in what_was_trained(cfg, 20000, 62.0, "minutes")

@@ -63,19 +63,21 @@ def run_demo(*, minutes: float, out: Path, device: str, max_steps: int | None, c
     metrics_json, metrics_csv = write_results(res, folder / "metrics.json")
     _print_summary(res)
     console.print(what_was_trained(cfg, result.step, train_s, result.stopped), highlight=False, soft_wrap=True)
-    console.print(f"run folder (config, checkpoints, samples, TensorBoard): {result.run_dir}")
-    console.print(f"synthesised T2 (input geometry, T2 scale of the training data): {pred_dir / TEST_SUBJECT / 't2w.nii.gz'}")
-    console.print(f"confidence map of the local discriminator: {pred_dir / TEST_SUBJECT / 't2w_confidence.nii.gz'}")
-    console.print(f"metrics: {metrics_json} and {metrics_csv}")
+    console.print(f"run folder (config, checkpoints, samples, TensorBoard): {result.run_dir}", soft_wrap=True)
+    console.print(f"synthesised T2 (input geometry, T2 scale of the training data): {pred_dir / TEST_SUBJECT / 't2w.nii.gz'}",
+                  soft_wrap=True)
+    console.print(f"confidence map of the local discriminator: {pred_dir / TEST_SUBJECT / 't2w_confidence.nii.gz'}",
+                  soft_wrap=True)
+    console.print(f"metrics: {metrics_json} and {metrics_csv}", soft_wrap=True)
     return folder
 
 
 def planned_steps(cfg: Any) -> int:
-    """The config's full schedule in generator updates (epochs × steps per epoch, one training subject)."""
+    """The config's full schedule in generator updates (epochs × steps per epoch, one training
+    subject), whatever --max-steps or --minutes cut it to."""
     import math
 
-    per_epoch = max(1, math.ceil(cfg.data.patches_per_subject * 1 / cfg.train.batch_size))
-    return cfg.train.max_steps if cfg.train.max_steps is not None else cfg.train.epochs * per_epoch
+    return cfg.train.epochs * max(1, math.ceil(cfg.data.patches_per_subject * 1 / cfg.train.batch_size))
 
 
 def what_was_trained(cfg: Any, steps: int, seconds: float, stopped: str) -> str:
@@ -83,11 +85,13 @@ def what_was_trained(cfg: Any, steps: int, seconds: float, stopped: str) -> str:
     from medsyn.training.progress import duration
 
     planned = planned_steps(cfg)
+    share = 100 * steps / planned
+    pct = f"{share:.2g}" if share < 10 else f"{share:.0f}"
+    why = "the time budget" if stopped == "minutes" else stopped
     ref = (", ".join(f"{k} {v:.4g}" for k, v in TRAINED_REFERENCE.items()) if TRAINED_REFERENCE
            else "not recorded yet (docs/nie2018.md, 'The demo')")
     return (f"What these numbers are: {cfg.method} (base {cfg.params['base_filters']} filters, "
             f"{cfg.data.patch_size[0]}×{cfg.data.patch_size[1]} patches) trained on ONE subject ({TRAIN_SUBJECT}) for "
-            f"{steps} of {planned} planned steps ({100 * steps / planned:.2g} %, {duration(seconds)}, stopped by "
-            f"{'the time budget' if stopped == 'minutes' else stopped}), tested on the held-out {TEST_SUBJECT}. "
-            f"An early model: the metrics show that the pipeline works, not what the method reaches. "
-            f"A fully trained demo model on this pair: {ref}.")
+            f"{steps} of {planned} planned steps ({pct} %, {duration(seconds)}, stopped by {why}), tested on the "
+            f"held-out {TEST_SUBJECT}. An early model: the metrics show that the pipeline works, not what the method "
+            f"reaches. A fully trained demo model on this pair: {ref}.")
