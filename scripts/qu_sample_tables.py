@@ -6,7 +6,7 @@ What it runs (every step is a medsyn command or the library call behind it):
    ``medsyn train configs/qu_brats.yaml --out OUT/run-<V> --max-steps STEPS`` with small networks
    (``--set params.base_channels=8 …``) — through ``medsyn.pipelines.qu.run_pipeline`` directly,
    the function that command dispatches to.
-2. ``medsyn generate OUT/run-4SEG --n 3R --labels sample --out OUT/syn-4SEG`` with both filters at
+2. ``medsyn generate OUT/run-4SEG --n 3R --out OUT/syn-4SEG`` with both filters at
    the paper's thresholds first; when a few-hundred-step CPU model cannot pass them, the
    thresholds that did let cases through are used and printed (``--filter-mae 1 --min-dice 0``
    switches them off), together with the rejection counts.
@@ -60,7 +60,7 @@ def generate(run: Path, n: int, out: Path, seed: int, strict_first: bool) -> Non
     if out.exists():
         return
     if strict_first:
-        rc = sh("generate", run, "--n", n, "--labels", "sample", "--out", out, "--seed", seed, "--max-attempts", 50)
+        rc = sh("generate", run, "--n", n, "--out", out, "--seed", seed, "--max-attempts", 50)
         if rc == 0:
             return
         for p in sorted(out.glob("*")) if out.exists() else []:  # keep the record of the strict attempt
@@ -70,7 +70,7 @@ def generate(run: Path, n: int, out: Path, seed: int, strict_first: bool) -> Non
             out.rmdir()
         if out.exists():
             out.rename(out.parent / f"{out.name}-strict-partial")
-    assert sh("generate", run, "--n", n, "--labels", "sample", "--out", out, "--seed", seed,
+    assert sh("generate", run, "--n", n, "--out", out, "--seed", seed,
               "--filter-mae", 1, "--min-dice", 0) == 0
 
 

@@ -16,7 +16,7 @@ console = Console(stderr=False)
 def generate(
     run_dir: Path = typer.Argument(..., help="A Qu et al. pipeline run folder (medsyn train configs/qu_brats.yaml)."),
     n: int = typer.Option(..., "--n", help="Number of synthetic subjects to write (≥ 1)."),
-    labels: str = typer.Option(..., "--labels", help="Data set with real lesion labels (<subject>/seg.nii.gz), or 'sample'."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Data set with real lesion labels (<subject>/seg.nii.gz), or 'sample'; default: the run's own data set. Only labels the run trained on are used: its test/validation subjects and held-out slices never are."),
     out: Path = typer.Option(..., "--out", help="New (or empty) folder for the synthetic data set; never overwritten."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same run, labels, seed and options → identical files."),
     slices: int = typer.Option(1, "--slices", help="Synthetic slices stacked per subject (each generated independently)."),

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -216,6 +216,8 @@ def load_slices(
     labelled_only: bool = False,
     clip: float = DEFAULT_STANDARDIZE_CLIP,
     floor: float = DEFAULT_STANDARDIZE_FLOOR,
+    exclude: Mapping[str, Sequence[int]] | None = None,
+    include: Mapping[str, Sequence[int]] | None = None,
 ) -> QuSlices:
     """Load, standardise and pad/crop the axial slices of ``ids`` (Sec. 3.2).
 
@@ -223,6 +225,9 @@ def load_slices(
     has); images of one subject must share a grid (GeometryError otherwise). The brain is the
     dataset's ``brainmask`` when a subject has one, else computed from the first modality
     (medsyn.data.masks). ``labelled_only`` keeps slices of subjects with a ``label`` file only.
+    ``exclude`` (subject → canonical axial indices) drops those slices — the pipeline's held-out
+    test slices (docs/qu.md, "Held-out test data"); ``include`` keeps only the listed slices of
+    the subjects it names.
     """
     if not ids:
         raise DatasetError(f"{dataset.root}: no subjects to load slices from (the split is empty)")
@@ -243,7 +248,11 @@ def load_slices(
             _check_label_values(case.label, n_classes, str(s.files[label]))
         affines[sid] = case.reference.affine.copy()
         spacing[sid] = case.reference.spacing
+        dropped = set(int(k) for k in (exclude or {}).get(sid, ()))
+        kept = None if include is None or sid not in include else set(int(k) for k in include[sid])
         for k in slice_indices(case.reference.shape[2], case.reference.spacing[2], slice_range_mm):
+            if k in dropped or (kept is not None and k not in kept):
+                continue
             brain = case.mask[:, :, k]
             if brain.mean() < MIN_BRAIN_FRACTION:
                 continue
@@ -271,13 +280,14 @@ def load_slices(
 
 def scan_geometry(dataset: Dataset, ids: Sequence[str], modality: str,
                   slice_range_mm: Sequence[float] | None) -> dict[str, Any]:
-    """Headers only: in-plane size, spacing and the number of in-range slices of each subject.
+    """Headers only: in-plane size, spacing, the number and ``[start, stop)`` index range of the
+    in-range slices of each subject.
 
     Used to size the network grid (``slice_size: null``) and an epoch before any image is read.
     """
     import nibabel as nib
 
-    sizes, spacings, counts = [], [], []
+    sizes, spacings, counts, ranges = [], [], [], []
     for sid in ids:
         s = dataset.subjects[sid]
         if modality not in s.files:
@@ -292,8 +302,10 @@ def scan_geometry(dataset: Dataset, ids: Sequence[str], modality: str,
         sp = np.sqrt((canon_aff[:3, :3] ** 2).sum(axis=0))
         sizes.append(canon_shape[:2])
         spacings.append([float(v) for v in sp])
-        counts.append(len(slice_indices(canon_shape[2], float(sp[2]), slice_range_mm)))
-    return {"sizes": sizes, "spacings": spacings, "counts": counts}
+        r = slice_indices(canon_shape[2], float(sp[2]), slice_range_mm)
+        counts.append(len(r))
+        ranges.append([r.start, r.stop])
+    return {"sizes": sizes, "spacings": spacings, "counts": counts, "ranges": ranges}
 
 
 def auto_slice_size(sizes: Sequence[Sequence[int]], multiple: int = 8) -> list[int]:

@@ -151,6 +151,11 @@ class QuConfig:
     # --- pipeline ---
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     train_subjects: list[str] | None = None  # set by the runner in each stage's config: the resolved training split
+    # (choice) when the split has no labelled test subject, this share of each labelled training subject's lowest
+    # in-range slices (+ a one-slice gap) is held out of every stage and the label pool, as the segmentation
+    # experiments' test set (docs/qu.md, "Held-out test data"); 0: hold nothing out (no real test set then)
+    slice_holdout: float = 0.3
+    exclude_slices: dict[str, list[int]] | None = None  # set by the runner: held-out slices no stage trains on
     # --- synthetic data set (Sec. 2.8) ---
     filter_mae: float = DEFAULT_FILTER_MAE  # Alg. 3: keep a structure map when MAE < 0.05 (≥ 1 switches it off)
     min_dice: float = 0.95  # Sec. 2.8: keep a case when the real-trained segmenter's Dice ≥ 0.95 (0 switches it off)
@@ -187,6 +192,9 @@ class QuConfig:
         for name in ("lr", "beta", "standardize_clip"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config key '{prefix}.{name}': got {getattr(self, name)}, expected > 0")
+        if not 0 <= self.slice_holdout < 1:
+            raise ConfigError(f"config key '{prefix}.slice_holdout': got {self.slice_holdout}, expected a share in "
+                              "[0, 1), e.g. 0.3 (0: no held-out test slices)")
         if not 0 <= self.min_dice <= 1 or self.filter_mae <= 0:
             raise ConfigError(f"config keys '{prefix}.min_dice' / '{prefix}.filter_mae': got {self.min_dice} / "
                               f"{self.filter_mae}; expected min_dice in [0, 1] and filter_mae > 0")
@@ -588,16 +596,18 @@ _SLICE_CACHE: dict[tuple, QuSlices] = {}
 
 
 def training_slices(cfg_run: Any, dataset: Any, ids: list[str], *, labelled_only: bool = False) -> QuSlices:
-    """The stage's training slices (cached: the pipeline's stages share one load per process)."""
+    """The stage's training slices (cached: the pipeline's stages share one load per process):
+    the in-range slices of ``ids`` except the held-out ``params.exclude_slices``."""
     p: QuConfig = _params(cfg_run)
     d = cfg_run.data
     key = (str(dataset.root), str(d.manifest), tuple(ids), tuple(p.modalities), p.label, tuple(p.slice_range),
-           tuple(p.slice_size), p.n_classes, p.standardize_clip, labelled_only)
+           tuple(p.slice_size), p.n_classes, p.standardize_clip, labelled_only,
+           tuple(sorted((k, tuple(v)) for k, v in (p.exclude_slices or {}).items())))
     if key not in _SLICE_CACHE:
         _SLICE_CACHE.clear()  # keep one set in memory
         _SLICE_CACHE[key] = load_slices(dataset, ids, p.modalities, label=p.label, slice_range_mm=p.slice_range,
                                         slice_size=p.slice_size, n_classes=p.n_classes, labelled_only=labelled_only,
-                                        clip=p.standardize_clip)
+                                        clip=p.standardize_clip, exclude=p.exclude_slices)
     return _SLICE_CACHE[key]
 
 

@@ -22,6 +22,7 @@ in-range slice of every training subject once (batch 1).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,70 @@ def check_dataset(ds: Dataset, ids: list[str], p: QuConfig) -> None:
                                f"{p.modalities} (remove the subject or change params.modalities)")
 
 
+@dataclass
+class Holdout:
+    """What a run never trained on: the real test data of the segmentation experiments.
+
+    ``kind``: ``"subjects"`` — the split has labelled test subjects (Sec. 3.2's 9:1 split);
+    ``"slices"`` — it has none, so the lowest ``params.slice_holdout`` of each labelled training
+    subject's in-range slices is the test set and the next slice a gap, both left out of every
+    stage and of the label pool; ``"none"`` — nothing real is unseen (``slice_holdout: 0``, or a
+    run trained before medsyn held slices out). ``unseen_subjects``: the test and validation
+    subjects (never trained on, never a label source). ``test_slices`` / ``excluded``:
+    subject → canonical axial indices (test; test + gap).
+    """
+
+    kind: str
+    test_subjects: list[str]
+    unseen_subjects: list[str]
+    test_slices: dict[str, list[int]] = field(default_factory=dict)
+    excluded: dict[str, list[int]] = field(default_factory=dict)
+
+    def never_trained(self, sid: str, k: int) -> bool:
+        """True when slice ``k`` of subject ``sid`` must not reach any training set."""
+        return sid in self.unseen_subjects or int(k) in self.excluded.get(sid, ())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "test_subjects": self.test_subjects, "unseen_subjects": self.unseen_subjects,
+                "test_slices": self.test_slices, "excluded": self.excluded}
+
+
+def make_holdout(ds: Dataset, splits: dict[str, list[str]], p: QuConfig, ranges: dict[str, list[int]]) -> Holdout:
+    """The run's held-out real data (see :class:`Holdout`); ``ranges``: subject → ``[start, stop)``
+    of its in-range axial slices (headers only)."""
+    labelled = [sid for sid in splits["test"] if p.label in ds.subjects[sid].files]
+    unseen = list(splits["test"]) + list(splits.get("val", []))
+    if labelled:
+        return Holdout("subjects", labelled, unseen)
+    if p.slice_holdout <= 0:
+        return Holdout("none", [], unseen)
+    test, excluded = {}, {}
+    for sid in splits["train"]:
+        if p.label not in ds.subjects[sid].files:
+            continue
+        ks = list(range(*ranges[sid]))
+        n_test = int(math.ceil(p.slice_holdout * len(ks)))
+        if n_test == 0:
+            continue
+        test[sid] = ks[:n_test]
+        excluded[sid] = ks[:n_test + 1]  # one slice between test and training
+    return Holdout("slices", [], unseen, test, excluded)
+
+
+def read_holdout(run: str | Path) -> Holdout:
+    """The held-out data of a trained pipeline run (``pipeline.json``)."""
+    _, _, state = read_pipeline(run)
+    h = state.get("holdout")
+    if h is None:  # a run from before the hold-out: its stages trained on every slice of the training subjects
+        unseen = list(state["splits"].get("test", [])) + list(state["splits"].get("val", []))
+        return Holdout("none", [], unseen)
+    return Holdout(h["kind"], list(h["test_subjects"]), list(h["unseen_subjects"]),
+                   {k: [int(i) for i in v] for k, v in h["test_slices"].items()},
+                   {k: [int(i) for i in v] for k, v in h["excluded"].items()})
+
+
 def plan(cfg: RunConfig) -> dict[str, Any]:
-    """Split, grid and epoch size of a pipeline config, from the image headers only."""
+    """Split, grid, epoch size and held-out test data of a pipeline config, from the image headers only."""
     p: QuConfig = method_params(cfg)
     ds = open_dataset(cfg.data)
     splits = make_splits(ds, cfg.data)
@@ -98,10 +161,12 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
                            f"{p.slice_range} mm (volumes of {[s[2] for s in geo['spacings']][:3]} mm slices); "
                            "lower params.slice_range")
     size = list(p.slice_size) if p.slice_size is not None else auto_slice_size(geo["sizes"], p.grid_multiple)
-    per_subject = max(1, round(sum(geo["counts"]) / len(geo["counts"])))
+    holdout = make_holdout(ds, splits, p, dict(zip(splits["train"], geo["ranges"])))
+    n_excluded = sum(len(v) for v in holdout.excluded.values())
+    per_subject = max(1, round((sum(geo["counts"]) - n_excluded) / len(geo["counts"])))
     spacing = [round(v, 4) for v in geo["spacings"][0][:2]]
     return {"slice_size": size, "slices_per_subject": per_subject, "in_plane_spacing_mm": spacing,
-            "splits": splits, "n_train": len(splits["train"])}
+            "splits": splits, "n_train": len(splits["train"]), "holdout": holdout.to_dict()}
 
 
 def stage_config(cfg: RunConfig, stage: str, pl: dict[str, Any]) -> RunConfig:
@@ -120,6 +185,7 @@ def stage_config(cfg: RunConfig, stage: str, pl: dict[str, Any]) -> RunConfig:
     d["method"] = f"qu-{stage}"
     d["params"]["slice_size"] = list(pl["slice_size"])
     d["params"]["train_subjects"] = train
+    d["params"]["exclude_slices"] = dict(pl["holdout"]["excluded"]) or None
     d["data"].update(source=[p.modalities[0]], target=p.modalities[0], label=p.label, context_slices=1,
                      patches_per_subject=pl["slices_per_subject"] * len(train), augment=False,
                      train=train[:1], val=[], test=[], val_fraction=0.0, test_fraction=0.0)
@@ -158,7 +224,12 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, resume: bool = False, allow
     if state.get("slice_size") not in (None, pl["slice_size"]):
         raise ConfigError(f"{run.path / PIPELINE_FILE}: the run was trained on a {state['slice_size']} grid, the config "
                           f"now gives {pl['slice_size']}; set params.slice_size to {state['slice_size']}")
-    state.update({k: pl[k] for k in ("slice_size", "slices_per_subject", "in_plane_spacing_mm", "splits")})
+    old_excluded = (state.get("holdout") or {}).get("excluded", {})
+    if resume and state.get("stages") and old_excluded != pl["holdout"]["excluded"]:
+        raise ConfigError(f"{run.path / PIPELINE_FILE}: the run's stages trained without the held-out slices "
+                          f"{pl['holdout']['excluded']} that the config now gives (before: {old_excluded}); resuming "
+                          "would mix test slices into training — start a new run")
+    state.update({k: pl[k] for k in ("slice_size", "slices_per_subject", "in_plane_spacing_mm", "splits", "holdout")})
     run.path.mkdir(parents=True, exist_ok=True)
     if not resume:
         run.write_config(cfg)
@@ -255,4 +326,4 @@ def load_stage(run: str | Path, stage: str, device: str | torch.device = "cpu") 
     return method
 
 
-__all__ = ["STAGES", "run_pipeline", "read_pipeline", "load_stage", "stage_dir", "stage_checkpoint", "plan"]
+__all__ = ["STAGES", "Holdout", "read_holdout", "run_pipeline", "read_pipeline", "load_stage", "stage_dir", "stage_checkpoint", "plan"]

@@ -39,7 +39,8 @@ import torch
 
 from medsyn import __version__
 from medsyn.config import config_hash
-from medsyn.data.dataset import discover
+from medsyn.data.dataset import Dataset, discover
+from medsyn.data.pipeline import open_dataset
 from medsyn.data.masks import as_mask, compute_mask
 from medsyn.data.qu_slices import fit_to_size, slice_indices, standardize_image
 from medsyn.data.structure import (
@@ -51,7 +52,7 @@ from medsyn.data.structure import (
 from medsyn.errors import ConfigError, DatasetError, MedsynError, OutputError
 from medsyn.io.image import atomic_write_bytes, read_image, write_nifti
 from medsyn.methods.qu2023 import QuConfig
-from medsyn.pipelines.qu import load_stage, read_pipeline, stage_checkpoint
+from medsyn.pipelines.qu import Holdout, load_stage, read_holdout, read_pipeline, stage_checkpoint
 
 RECORD_FILE = "generate.json"
 #: (choice) in-plane spacing of the labels may differ from the training data's by this fraction
@@ -79,6 +80,8 @@ class LabelPool:
     affines: list[np.ndarray]
     dropped_outside: int = 0
     n_subjects: int = 0
+    excluded_subjects: list[str] = field(default_factory=list)
+    excluded_slices: int = 0
 
 
 def _translate(a: float, b: float, c: float) -> np.ndarray:
@@ -87,17 +90,27 @@ def _translate(a: float, b: float, c: float) -> np.ndarray:
     return t
 
 
-def load_label_pool(root: str | Path, p: QuConfig, slice_size: list[int],
-                    spacing_mm: list[float] | None = None) -> LabelPool:
-    """The lesion slices of every subject of ``root`` that has a ``params.label`` file.
+def load_label_pool(root: str | Path | Dataset, p: QuConfig, slice_size: list[int],
+                    spacing_mm: list[float] | None = None, holdout: Holdout | None = None) -> LabelPool:
+    """The lesion slices of every subject of ``root`` that has a ``params.label`` file, except
+    what the run never trained on (``holdout``): its test and validation subjects and its
+    held-out test slices (and gap), matched by subject id — so a test subject's lesions never
+    become labels of synthetic training data (docs/qu.md, "Held-out test data").
 
     When a subject also has a ``brainmask`` or one of ``params.modalities``, lesion slices that
     reach outside its brain are dropped (they could never be placed inside a brain either).
     Raises DatasetError when no subject has a label, none has a lesion slice in the range, the
     spacing differs from the training data's, or every lesion lies outside its brain.
     """
-    ds = discover(root)
+    ds = root if isinstance(root, Dataset) else discover(root)
     with_label = [sid for sid in ds.ids() if p.label in ds.subjects[sid].files]
+    excluded_subjects = [sid for sid in with_label if holdout is not None and sid in holdout.unseen_subjects]
+    if excluded_subjects and len(excluded_subjects) == len(with_label):
+        raise DatasetError(f"{ds.root}: every labelled subject ({', '.join(excluded_subjects[:5])}) is a test or "
+                           "validation subject of the run; the label pool may only hold labels of training subjects "
+                           "— pass --labels with training subjects' labels (or omit it: the run's training split)")
+    with_label = [sid for sid in with_label if sid not in excluded_subjects]
+    excluded_slices = 0
     if not with_label:
         raise DatasetError(f"{ds.root}: no subject has a {p.label!r} label file (subjects: {', '.join(ds.ids()[:5])}); "
                            f"--labels needs a data set with lesion labels ({p.label}.nii.gz per subject)")
@@ -128,6 +141,9 @@ def load_label_pool(root: str | Path, p: QuConfig, slice_size: list[int],
             sl = lab[:, :, k]
             if not (sl > 0).any():
                 continue
+            if holdout is not None and holdout.never_trained(sid, k):
+                excluded_slices += 1
+                continue
             if brain is not None and ((sl > 0) & ~brain[:, :, k]).any():
                 dropped += 1
                 continue
@@ -144,7 +160,8 @@ def load_label_pool(root: str | Path, p: QuConfig, slice_size: list[int],
                                "check that the labels belong to these images")
         raise DatasetError(f"{ds.root}: no label slice with a lesion in params.slice_range {p.slice_range} mm "
                            f"({len(with_label)} subject(s) with {p.label!r})")
-    return LabelPool(ds.root, np.stack(labels).astype(np.int16), origin, affines, dropped, len(with_label))
+    return LabelPool(ds.root, np.stack(labels).astype(np.int16), origin, affines, dropped, len(with_label),
+                     excluded_subjects, excluded_slices)
 
 
 def lesion_dice(pred: np.ndarray, target: np.ndarray) -> float:
@@ -261,14 +278,16 @@ def _write_subject(out: Path, sid: str, p: QuConfig, slices: list[dict[str, Any]
     return final
 
 
-def generate(run_dir: str | Path, n: int, labels: str | Path, out: str | Path, *, seed: int = 0,
+def generate(run_dir: str | Path, n: int, labels: str | Path | None, out: str | Path, *, seed: int = 0,
              slices_per_case: int = 1, filter_mae: float | None = None, min_dice: float | None = None,
              max_attempts: int | None = None, device: str = "auto",
              progress: Callable[[int, int], None] | None = None) -> GenerateResult:
     """Write ``n`` synthetic subjects of ``slices_per_case`` slices into the new folder ``out``.
 
     ``filter_mae`` / ``min_dice`` / ``max_attempts`` default to the run's ``params``
-    (0.05 / 0.95 / 200). ``labels`` is a data set folder (or ``sample``) with lesion labels.
+    (0.05 / 0.95 / 200). ``labels`` is a data set folder (or ``sample``) with lesion labels;
+    None: the run's own data set. Either way only labels the run trained on are used
+    (:func:`load_label_pool`).
     Same run, labels, seed and options → identical files. Returns the subject ids and the record
     written to ``out/generate.json``.
     """
@@ -297,7 +316,8 @@ def generate(run_dir: str | Path, n: int, labels: str | Path, out: str | Path, *
 
     dev = resolve_device(device)
     size = list(state["slice_size"])
-    pool = load_label_pool(labels, p, size, state.get("in_plane_spacing_mm"))
+    pool = load_label_pool(open_dataset(cfg.data) if labels is None else labels, p, size,
+                           state.get("in_plane_spacing_mm"), read_holdout(run))
     synth = _Synthesiser(run, p, size, pool, filter_mae=filter_mae, min_dice=min_dice, max_attempts=max_attempts,
                          device=dev)
     out.mkdir(parents=True, exist_ok=True)
@@ -307,7 +327,8 @@ def generate(run_dir: str | Path, n: int, labels: str | Path, out: str | Path, *
                                                               ("structure", "generation", "segmenter")
                                                               if s != "segmenter" or min_dice > 0},
         "labels": str(pool.root), "label_slices": len(pool.labels), "label_slices_dropped_outside_brain":
-        pool.dropped_outside, "seed": seed, "n": n, "slices_per_case": slices_per_case,
+        pool.dropped_outside, "label_subjects_excluded_unseen": pool.excluded_subjects,
+        "label_slices_excluded_held_out": pool.excluded_slices, "seed": seed, "n": n, "slices_per_case": slices_per_case,
         "modalities": list(p.modalities), "intensity": "network range [0, 1], 0 outside the brain (float32)",
         "filters": {"algorithm3": {"enabled": filter_mae < 1.0, "mae_threshold": filter_mae},
                     "segmenter_dice": {"enabled": min_dice > 0, "min_dice": min_dice},

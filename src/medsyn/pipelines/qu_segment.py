@@ -23,12 +23,14 @@ Conventions (the paper gives names, not definitions; docs/qu.md):
   1. Per-class Dice is averaged over the slices where the class appears in either.
   MSE: mean squared difference between the one-hot label and the softmax probabilities, per
   slice, averaged.
-* Real data: the pipeline run's data set and split. Test slices come from labelled subjects of
-  the ``test`` split (subject-level, Sec. 3.2's 9:1). When the run has no labelled test subject
-  or no labelled training subject (the bundled sample has one labelled case), the labelled
-  subjects' slices are split instead — the lowest ``SLICE_TEST_FRACTION`` of each subject's
-  slice range is test, one slice is left out as a gap, the rest is training — and the tables
-  say so: adjacent slices of one brain are not independent, so those numbers are optimistic.
+* Real data: exactly what the pipeline run held out of every stage (``pipeline.json``'s
+  ``holdout``, :class:`medsyn.pipelines.qu.Holdout`): the labelled subjects of the ``test``
+  split (subject-level, Sec. 3.2's 9:1), or — when the split has none (the bundled sample has
+  one labelled case) — the lowest ``params.slice_holdout`` of each labelled training subject's
+  slice range, which the generators, the label pool and the run's segmenter never saw; the
+  tables say so (adjacent slices of one brain are not independent, so those numbers are
+  optimistic). A run that held nothing out is refused. Every training pool is checked against
+  the hold-out before training, and a synthetic set's label sources (``generate.json``) too.
 * Repeats: Sec. 3.1 trains every experiment four times and keeps the best *on the test set*;
   ``repeats`` does the same, and the JSON keeps every repeat and the mean.
 """
@@ -53,11 +55,8 @@ from medsyn.data.structure import LabelAugmentConfig
 from medsyn.errors import ConfigError, DatasetError, OutputError
 from medsyn.io.image import atomic_write_bytes
 from medsyn.methods.qu2023 import QuConfig, adam, build_segmenter, segmenter_step
-from medsyn.pipelines.qu import load_stage, read_pipeline
+from medsyn.pipelines.qu import Holdout, load_stage, read_holdout, read_pipeline
 from medsyn.pipelines.qu_generate import lesion_dice
-
-#: share of each labelled subject's slices held out as test when no subject-level split exists
-SLICE_TEST_FRACTION = 0.3
 
 Mixing = Literal["none", "random", "syn-then-real", "real-then-syn"]
 MIXING_NAMES = {"none": "none", "random": "random mix", "syn-then-real": "synthetic → real",
@@ -117,59 +116,107 @@ def parse_experiments(spec: str | Sequence[int] | None) -> list[int]:
 
 @dataclass
 class Pool:
-    """Training or test slices: ``images`` ``(N, M, H, W)`` standardised, ``labels`` ``(N, H, W)``."""
+    """Training or test slices: ``images`` ``(N, M, H, W)`` standardised, ``labels`` ``(N, H, W)``;
+    ``origin``: ``"subject:k"`` of each real slice (of its source slice for an augmented one),
+    ``"synthetic:<subject>"`` for a synthetic one — what the leak checks read."""
 
     images: np.ndarray
     labels: np.ndarray
+    origin: list[str]
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     @staticmethod
-    def of(s: QuSlices, idx: Sequence[int] | np.ndarray | None = None) -> "Pool":
+    def of(s: QuSlices, idx: Sequence[int] | np.ndarray | None = None, prefix: str = "") -> "Pool":
         idx = np.arange(len(s)) if idx is None else np.asarray(idx, dtype=np.int64)
-        return Pool(s.images[idx], s.labels[idx])
+        return Pool(s.images[idx], s.labels[idx], [f"{prefix}{s.subjects[i]}:{int(s.index[i])}" for i in idx])
+
+    def take(self, idx: Sequence[int] | np.ndarray | slice) -> "Pool":
+        if isinstance(idx, slice):
+            return Pool(self.images[idx], self.labels[idx], self.origin[idx])
+        idx = np.asarray(idx, dtype=np.int64)
+        return Pool(self.images[idx], self.labels[idx], [self.origin[i] for i in idx])
 
     @staticmethod
     def concat(pools: Sequence["Pool"]) -> "Pool":
         pools = [q for q in pools if len(q)]
-        return Pool(np.concatenate([q.images for q in pools]), np.concatenate([q.labels for q in pools]))
+        return Pool(np.concatenate([q.images for q in pools]), np.concatenate([q.labels for q in pools]),
+                    [o for q in pools for o in q.origin])
+
+
+def _origin_key(origin: str) -> tuple[str, int]:
+    sid, k = origin.rsplit(":", 1)
+    return sid, int(k)
+
+
+def check_no_leak(pool: Pool, holdout: Holdout, what: str) -> None:
+    """Raise DatasetError when a slice of ``pool`` is one the run holds out (a test or validation
+    subject, or a held-out test slice or its gap). Synthetic slices are checked through their
+    label sources (:func:`check_synthetic_labels`)."""
+    bad = [o for o in pool.origin if not o.startswith("synthetic:") and holdout.never_trained(*_origin_key(o))]
+    if bad:
+        raise DatasetError(f"{what}: {len(bad)} slice(s) of held-out test data ({', '.join(bad[:3])}) would be trained "
+                           "on; this is a bug — please report it")
+
+
+def check_synthetic_labels(root: str | Path, holdout: Holdout) -> dict[str, Any]:
+    """The label sources of a synthetic data set (``generate.json``) must all be slices the run
+    trained on: a synthetic slice drawn around a test subject's lesion is test data in disguise.
+    Raises DatasetError naming the first offending subject; returns what was checked."""
+    rec_path = Path(root) / "generate.json"
+    if not rec_path.is_file():
+        return {"checked": False, "reason": f"{rec_path} missing: label sources unknown"}
+    rec = json.loads(rec_path.read_text())
+    bad = [(s["id"], sl["label_source"]) for s in rec.get("subjects", []) for sl in s.get("slices", [])
+           if holdout.never_trained(*_origin_key(sl["label_source"]))]
+    if bad:
+        raise DatasetError(f"{rec_path}: {len(bad)} synthetic slice(s) were generated from lesion labels of held-out "
+                           f"test data (e.g. {bad[0][0]} from {bad[0][1]}); the segmenter would train on test labels. "
+                           "Regenerate the set with this medsyn (`medsyn generate RUN` uses the run's training labels "
+                           "only)")
+    return {"checked": True, "slices": sum(len(s.get("slices", [])) for s in rec.get("subjects", []))}
 
 
 def real_data(run: str | Path) -> tuple[Pool, Pool, dict[str, Any]]:
-    """Real training and test slices of a pipeline run's data set (see the module docstring)."""
+    """Real training and test slices of a pipeline run's data set (see the module docstring).
+
+    The test slices are exactly what the run held out (:class:`~medsyn.pipelines.qu.Holdout`);
+    the training slices are the labelled training subjects' other slices. A run with nothing held
+    out is refused: its generators trained on every labelled slice.
+    """
     cfg, p, state = read_pipeline(run)
+    holdout = read_holdout(run)
     ds = open_dataset(cfg.data)
-    splits = make_splits(ds, cfg.data)
-    labelled = lambda ids: [i for i in ids if p.label in ds.subjects[i].files]  # noqa: E731
-    train_ids, test_ids = labelled(splits["train"]), labelled(splits["test"])
+    splits = state["splits"]
+    train_ids = [i for i in splits["train"] if p.label in ds.subjects[i].files]
     size = list(state["slice_size"])
     kw = dict(label=p.label, slice_range_mm=p.slice_range, slice_size=size, n_classes=p.n_classes,
               labelled_only=True, clip=p.standardize_clip)
-    if train_ids and test_ids:
+    if holdout.kind == "none":
+        raise DatasetError(f"{Path(run)}: the run holds no real test data out — its split has no labelled test subject "
+                           "and its stages trained on every labelled slice (params.slice_holdout = 0, or a run trained "
+                           "before medsyn held slices out), so no real slice is unseen by its generators. Give the data "
+                           "set a labelled test subject (data.test / data.test_fraction) or retrain with "
+                           "params.slice_holdout > 0")
+    if not train_ids:
+        raise DatasetError(f"{ds.root}: no training subject of the run has a {p.label!r} label file; the segmentation "
+                           "experiments need labelled real training subjects")
+    if holdout.kind == "subjects":
         tr = load_slices(ds, train_ids, p.modalities, **kw)
-        te = load_slices(ds, test_ids, p.modalities, **kw)
-        info = {"split": "subjects", "train_subjects": train_ids, "test_subjects": test_ids}
-        return Pool.of(tr), Pool.of(te), info
-    all_ids = labelled(ds.ids())
-    if not all_ids:
-        raise DatasetError(f"{ds.root}: no subject has a {p.label!r} label file; the segmentation experiments need "
-                           "labelled real subjects")
-    s = load_slices(ds, all_ids, p.modalities, **kw)
-    tr_idx, te_idx = [], []
-    for sid in all_ids:
-        idx = np.flatnonzero(np.asarray(s.subjects) == sid)
-        idx = idx[np.argsort(s.index[idx])]
-        n_test = max(1, int(math.ceil(SLICE_TEST_FRACTION * len(idx))))
-        te_idx += list(idx[:n_test])
-        tr_idx += list(idx[n_test + 1:])  # one slice left out between test and training
-    if not tr_idx:
-        raise DatasetError(f"{ds.root}: too few labelled slices to split into training and test slices")
-    info = {"split": "slices", "subjects": all_ids, "test_fraction": SLICE_TEST_FRACTION,
-            "warning": "no labelled subject-level test split: test slices are the lowest "
-                       f"{SLICE_TEST_FRACTION:.0%} of each labelled subject's slice range (one slice gap); "
-                       "neighbouring slices of the same brain make these numbers optimistic"}
-    return Pool.of(s, tr_idx), Pool.of(s, te_idx), info
+        te = load_slices(ds, holdout.test_subjects, p.modalities, **kw)
+        info = {"split": "subjects", "train_subjects": train_ids, "test_subjects": holdout.test_subjects}
+    else:
+        tr = load_slices(ds, train_ids, p.modalities, exclude=holdout.excluded, **kw)
+        te = load_slices(ds, list(holdout.test_slices), p.modalities, include=holdout.test_slices, **kw)
+        info = {"split": "slices", "subjects": list(holdout.test_slices), "test_fraction": p.slice_holdout,
+                "warning": "no labelled test subject: the test slices are the lowest "
+                           f"{p.slice_holdout:.0%} of each labelled training subject's slice range, held out of every "
+                           "generator stage, the label pool and the segmenters (one slice gap); they are unseen, but "
+                           "neighbouring slices of the same brain are not independent, so these numbers are optimistic"}
+    train, test = Pool.of(tr), Pool.of(te)
+    check_no_leak(train, holdout, f"{Path(run)}: real training slices")
+    return train, test, info
 
 
 def synthetic_data(root: str | Path, p: QuConfig, slice_size: list[int], limit: int | None = None) -> Pool:
@@ -190,25 +237,26 @@ def synthetic_data(root: str | Path, p: QuConfig, slice_size: list[int], limit: 
     for sid in ds.ids():
         if limit is not None and n >= limit:
             break
-        part = Pool.of(load_slices(ds, [sid], p.modalities, **kw))
+        part = Pool.of(load_slices(ds, [sid], p.modalities, **kw), prefix="synthetic:")
         parts.append(part)
         n += len(part)
     pool = Pool.concat(parts)
-    return pool if limit is None else Pool(pool.images[:limit], pool.labels[:limit])
+    return pool if limit is None else pool.take(slice(0, limit))
 
 
 def augmented_data(real: Pool, n: int, rng: np.random.Generator, config: LabelAugmentConfig) -> Pool:
     """``n`` traditionally augmented slices (Sec. 3.4), each from a random real training slice."""
     if n <= 0:
-        return Pool(real.images[:0], real.labels[:0])
-    imgs, labs = [], []
+        return real.take(slice(0, 0))
+    imgs, labs, origin = [], [], []
     for _ in range(n):
         j = int(rng.integers(len(real)))
         image = real.images[j].astype(np.float32)
         im, lab, _ = augment_slice(image, real.labels[j], image.max(axis=0) > 0, rng, config)
         imgs.append(im)
         labs.append(lab)
-    return Pool(np.stack(imgs).astype(real.images.dtype), np.stack(labs))
+        origin.append(real.origin[j])
+    return Pool(np.stack(imgs).astype(real.images.dtype), np.stack(labs), origin)
 
 
 # --------------------------------------------------------------------------- train / evaluate
@@ -302,9 +350,11 @@ def run_table2(run: str | Path, synthetic: str | Path, out: str | Path, *, exper
     epochs = p.segmenter_epochs if epochs is None and steps is None else epochs
     dev = resolve_device(device)
     real_train, test, split = real_data(run)
+    holdout = read_holdout(run)
     R = len(real_train)
     exps = [TABLE2[i] for i in ids]
     need = max((int(round(e.synthetic * R)) for e in exps), default=0)
+    provenance = check_synthetic_labels(synthetic, holdout) if need else None
     syn = synthetic_data(synthetic, p, list(state["slice_size"]), limit=need) if need else None
     if syn is not None and len(syn) < need:
         raise DatasetError(f"{synthetic}: {len(syn)} synthetic slices, but experiment(s) "
@@ -316,8 +366,8 @@ def run_table2(run: str | Path, synthetic: str | Path, out: str | Path, *, exper
         rng = np.random.default_rng([seed, e.id])
         n_real, n_syn, n_aug = (int(round(f * R)) for f in (e.real, e.synthetic, e.augmented))
         sel = rng.permutation(R)[:n_real]  # the real subset "R × 0.5" …, seeded per experiment
-        real = Pool(real_train.images[sel], real_train.labels[sel])
-        synth = Pool(syn.images[:n_syn], syn.labels[:n_syn]) if n_syn else Pool(real_train.images[:0], real_train.labels[:0])
+        real = real_train.take(sel)
+        synth = syn.take(slice(0, n_syn)) if n_syn else real_train.take(slice(0, 0))
         aug = augmented_data(real_train, n_aug, np.random.default_rng([seed, e.id, 2]), aug_cfg)
         if e.mixing == "syn-then-real":
             phases = [synth, real]
@@ -326,6 +376,8 @@ def run_table2(run: str | Path, synthetic: str | Path, out: str | Path, *, exper
         else:
             phases = [Pool.concat([real, synth, aug])]
         phases = [ph for ph in phases if len(ph)]
+        for ph in phases:
+            check_no_leak(ph, holdout, f"Table 2 experiment {e.id}")
         n_steps = phase_steps([len(ph) for ph in phases], epochs, steps)
         results = []
         for r in range(repeats):
@@ -342,7 +394,8 @@ def run_table2(run: str | Path, synthetic: str | Path, out: str | Path, *, exper
                 f"steps {n_steps} → MSE {best['mse']:.4f}, Dice {best['dice']:.4f}")
     record = {"medsyn_version": __version__, "table": "Qu et al. Table 2", "run_dir": str(Path(run).resolve()),
               "synthetic": str(Path(synthetic).resolve()) if syn is not None else None, "R": R, "n_test": len(test),
-              "split": split, "budget": {"epochs": epochs, "steps": steps, "repeats": repeats}, "seed": seed,
+              "split": split, "synthetic_label_sources": provenance,
+              "budget": {"epochs": epochs, "steps": steps, "repeats": repeats}, "seed": seed,
               "device": str(dev), "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
     md = table2_markdown(record)
     _write(out, "table2", record, md)
