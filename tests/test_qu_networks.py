@@ -236,3 +236,26 @@ def test_every_network_has_dropout_0p1_on_its_input():
     enc = ModalityEncoder(CODE, BASE, input_dropout=0.0).train()
     x = torch.rand(1, 1, H, W)
     torch.testing.assert_close(enc(x), enc(x))
+
+
+def test_one_lesion_segmenter_per_modality_by_default_multichannel_as_option():
+    from medsyn.methods.qu2023 import PerModalitySegmenter, QuConfig, SliceSegmenter, build_segmenter, \
+        segment_views, segmentation_loss
+
+    torch.manual_seed(0)
+    kw = dict(modalities=["t1n", "t1c", "t2w"], n_classes=3, seg_channels=[4, 8], seg_res_units=0, input_dropout=0.0)
+    per = build_segmenter(QuConfig(**kw))  # Sec. 2.9: one network per modality
+    multi = build_segmenter(QuConfig(**kw, segmenter_input="multichannel"))
+    assert isinstance(per, PerModalitySegmenter) and len(per.nets) == 3 and isinstance(multi, SliceSegmenter)
+    x = torch.rand(2, 3, 16, 16)
+    p = per(x)
+    assert p.shape == (2, 3, 3, 16, 16) and torch.allclose(p.sum(2), torch.ones(2, 3, 16, 16))
+    x2 = x.clone()
+    x2[:, 1] = torch.rand(2, 16, 16)  # change one modality: only its own view changes
+    p2 = per(x2)
+    assert torch.equal(p[:, 0], p2[:, 0]) and torch.equal(p[:, 2], p2[:, 2]) and not torch.equal(p[:, 1], p2[:, 1])
+    assert segment_views(multi, x).shape == (2, 1, 3, 16, 16) and segment_views(per, x).shape == (2, 3, 3, 16, 16)
+    label = torch.randint(0, 3, (2, 1, 16, 16))
+    cfg = QuConfig(**kw)
+    total = segmentation_loss(p, label, cfg)  # Σ_i over the modalities' losses
+    assert torch.allclose(total, sum(segmentation_loss(p[:, i], label, cfg) for i in range(3)))

@@ -303,7 +303,7 @@ def test_generation_is_seeded_filters_count_rejections_and_failures_are_explaine
     monkeypatch.setattr(qg, "lesion_dice", lambda pred, target: calls.append(pred.shape) or 0.5)
     with pytest.raises(qg.GenerationError, match="2 with segmenter Dice < 0.9"):
         qg.generate(trained, 1, dataset, tmp_path / "f", filter_mae=1.0, min_dice=0.9, max_attempts=2)
-    assert calls == [(32, 32), (32, 32)]
+    assert calls == [(32, 32)] * 4  # 2 attempts × one segmenter per modality (Sec. 2.9)
 
 
 def test_labels_that_fit_no_brain_are_refused(trained, dataset, tmp_path, monkeypatch):
@@ -363,6 +363,53 @@ def test_segmentation_tables_on_real_synthetic_and_mixed_data(trained, dataset, 
     assert "| 7 | R×0.1 (1) | R (6) | 0 | synthetic → real |" in md and "optimistic" in md
     with pytest.raises(OutputError):
         run_table2(trained, tmp_path / "syn", tmp_path / "t", experiments="1", steps=1)
-    rec1 = run_table1(trained, {"4SEG": tmp_path / "syn"}, tmp_path / "t", steps=3)
+    rec1 = run_table1(trained, {"4SEG": tmp_path / "syn"}, tmp_path / "t", steps=3, repeats=2)
     assert [(r["method"], r["test"], r["n_test"]) for r in rec1["rows"]] == [("-", "real", 4), ("4SEG", "synthetic", 4)]
-    assert "| 4SEG | synthetic | 4 |" in (tmp_path / "t" / "table1.md").read_text()
+    for r in rec1["rows"]:  # Table 1 repeats: mean ± sample std over the 2 segmenters
+        d = [x["dice"] for x in r["repeats"]]
+        assert len(d) == 2 and r["summary"]["dice"]["mean"] == pytest.approx(np.mean(d))
+        assert r["summary"]["dice"]["std"] == pytest.approx(np.std(d, ddof=1))
+        assert set(r["dice_per_view"]) == set(MODS)  # one segmenter per modality (Sec. 2.9), each scored
+    assert "| 4SEG | synthetic | 4 (4) |" in (tmp_path / "t" / "table1.md").read_text()
+
+
+class _Background(torch.nn.Module):
+    """A 'segmenter' that predicts background everywhere: (B, M, H, W) → (B, 3, H, W)."""
+
+    def forward(self, x):
+        p = torch.zeros(x.shape[0], 3, *x.shape[2:])
+        p[:, 0] = 1
+        return p
+
+
+def test_dice_is_reported_with_and_without_lesion_free_slices():
+    from medsyn.pipelines.qu_segment import Pool, evaluate
+
+    labels = np.zeros((4, 8, 8), np.int16)
+    labels[2:, 2:5, 2:5] = 1  # two empty slices, two with a lesion
+    pool = Pool(np.ones((4, 2, 8, 8), np.float16), labels, [f"a:{k}" for k in range(4)])
+    m = evaluate(_Background(), pool, 3, torch.device("cpu"))
+    # empty prediction on an empty slice scores 1 (2 slices), a missed lesion 0 (2 slices)
+    assert m["dice"] == 0.5 and m["dice_lesion"] == 0.0 and m["n_lesion"] == 2 and m["n_test"] == 4
+
+
+def test_dice_filter_needs_every_modality_and_the_set_gets_the_final_check(trained, dataset, tmp_path, monkeypatch):
+    from medsyn.pipelines import qu_generate as qg
+
+    # views alternate (t1n, t2w): t1n finds the lesion, t2w only half of it → every case rejected at 0.9
+    seq = iter([1.0, 0.5] * 10)
+    monkeypatch.setattr(qg, "lesion_dice", lambda pred, target: next(seq))
+    with pytest.raises(qg.GenerationError, match="3 with segmenter Dice < 0.9"):
+        qg.generate(trained, 1, dataset, tmp_path / "a", filter_mae=1.0, min_dice=0.9, max_attempts=3)
+    # both views ≥ 0.95: accepted; the set's mean Dice (0.975) misses the paper's 0.99 final check
+    seq = iter([1.0, 0.95] * 10)
+    monkeypatch.setattr(qg, "lesion_dice", lambda pred, target: next(seq))
+    rec = qg.generate(trained, 2, dataset, tmp_path / "b", filter_mae=1.0, min_dice=0.95).record
+    assert [s["slices"][0]["dice_per_view"] for s in rec["subjects"]] == [[1.0, 0.95]] * 2
+    fc = rec["final_check"]
+    assert fc["enabled"] and fc["dice"] == pytest.approx(0.975) and fc["passed"] is False and fc["threshold"] == 0.99
+    seq = iter([1.0] * 10)
+    monkeypatch.setattr(qg, "lesion_dice", lambda pred, target: next(seq))
+    assert qg.generate(trained, 2, dataset, tmp_path / "c", filter_mae=1.0, min_dice=0.95).record["final_check"]["passed"]
+    rec = qg.generate(trained, 1, dataset, tmp_path / "d", filter_mae=1.0, min_dice=0.0).record
+    assert rec["final_check"]["enabled"] is False  # an unfiltered set (Table 1) is not checked

@@ -144,7 +144,10 @@ class QuConfig:
     beta2: float = 0.999  # (choice) Adam β2, the default
     weight_decay: float = 0.0  # "无权重衰减"
     # --- lesion segmenter (Sec. 2.8–2.9, 3.5–3.6) ---
-    seg_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # (choice) MONAI 2D UNet, all modalities as channels
+    seg_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # (choice) MONAI 2D UNet levels
+    # Sec. 2.9: "为每个模态单独训练一个病灶分割网络" — one segmenter per modality (the Dice filter then needs every
+    # modality to show the lesion); "multichannel": one segmenter on all modalities as channels
+    segmenter_input: Literal["per-modality", "multichannel"] = "per-modality"
     seg_res_units: int = 2  # (choice)
     seg_loss: Literal["mse", "dice_ce"] = "mse"  # Sec. 2.9 loss_l = Σ ||label − label_r||² (dice_ce: MONAI DiceCE)
     segmenter_epochs: int = 100  # Sec. 3.5–3.6: segmentation networks 100 epochs (generator stages: train.epochs = 50)
@@ -159,6 +162,7 @@ class QuConfig:
     # --- synthetic data set (Sec. 2.8) ---
     filter_mae: float = DEFAULT_FILTER_MAE  # Alg. 3: keep a structure map when MAE < 0.05 (≥ 1 switches it off)
     min_dice: float = 0.95  # Sec. 2.8: keep a case when the real-trained segmenter's Dice ≥ 0.95 (0 switches it off)
+    final_dice: float = 0.99  # Sec. 2.8: the finished set, segmented by the real-trained segmenter, must reach Dice ≥ 0.99
     max_attempts: int = 200  # (choice) attempts per synthetic slice before giving up with an error
     label_scale: list[float] = field(default_factory=lambda: [0.9, 1.1])  # (choice) Sec. 2.8 label augmentation
     label_rotation_deg: list[float] = field(default_factory=lambda: [-180.0, 180.0])  # (choice)
@@ -195,6 +199,9 @@ class QuConfig:
         if not 0 <= self.slice_holdout < 1:
             raise ConfigError(f"config key '{prefix}.slice_holdout': got {self.slice_holdout}, expected a share in "
                               "[0, 1), e.g. 0.3 (0: no held-out test slices)")
+        if not 0 <= self.final_dice <= 1:
+            raise ConfigError(f"config key '{prefix}.final_dice': got {self.final_dice}, expected a Dice in [0, 1] "
+                              "(Sec. 2.8: 0.99; 0 switches the final check off)")
         if not 0 <= self.min_dice <= 1 or self.filter_mae <= 0:
             raise ConfigError(f"config keys '{prefix}.min_dice' / '{prefix}.filter_mae': got {self.min_dice} / "
                               f"{self.filter_mae}; expected min_dice in [0, 1] and filter_mae > 0")
@@ -219,12 +226,11 @@ class QuConfig:
 
 
 class SliceSegmenter(nn.Module):
-    """Lesion segmenter of Sec. 2.8–2.9: all modalities as channels → class probabilities.
+    """One lesion segmenter of Sec. 2.8–2.9: ``in_channels`` images → class probabilities.
 
-    ``(B, M, H, W)`` standardised slices → ``(B, n_classes, H, W)`` softmax probabilities.
-    Input dropout (Sec. 3.1) → MONAI 2D UNet (a choice; the paper gives no architecture; it
-    trains one segmenter per modality, medsyn one on all modalities, which the synthetic cases
-    — registered by construction — allow). H and W must be multiples of 2^(levels − 1).
+    ``(B, in_channels, H, W)`` standardised slices → ``(B, n_classes, H, W)`` softmax
+    probabilities. Input dropout (Sec. 3.1) → MONAI 2D UNet (a choice; the paper gives no
+    architecture). H and W must be multiples of 2^(levels − 1).
     """
 
     def __init__(self, in_channels: int, n_classes: int, channels: list[int], res_units: int = 2,
@@ -240,13 +246,49 @@ class SliceSegmenter(nn.Module):
         return torch.softmax(self.unet(self.dropout(x)), dim=1)
 
 
-def build_segmenter(cfg: QuConfig) -> SliceSegmenter:
+class PerModalitySegmenter(nn.Module):
+    """Sec. 2.9: "a lesion segmentation network for each modality, trained on real data".
+
+    ``(B, M, H, W)`` → ``(B, M, n_classes, H, W)``: modality i's probabilities from its own
+    one-channel :class:`SliceSegmenter` ``nets[i]``. The networks share nothing; trained by the
+    sum of their losses (Sec. 2.9's ``loss_l = Σ_i ||label_i − label_{r,i}||²``) with one Adam,
+    which is the same as one Adam each (Adam's update is per parameter).
+    """
+
+    def __init__(self, n_modalities: int, n_classes: int, channels: list[int], res_units: int = 2,
+                 input_dropout: float = 0.1):
+        super().__init__()
+        self.nets = nn.ModuleList(SliceSegmenter(1, n_classes, channels, res_units, input_dropout)
+                                  for _ in range(n_modalities))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([net(x[:, i:i + 1]) for i, net in enumerate(self.nets)], dim=1)
+
+
+def build_segmenter(cfg: QuConfig) -> nn.Module:
+    """``params.segmenter_input``: one segmenter per modality (Sec. 2.9, default) or one on all
+    modalities as channels."""
+    if cfg.segmenter_input == "per-modality":
+        return PerModalitySegmenter(cfg.n_modalities, cfg.n_classes, list(cfg.seg_channels), cfg.seg_res_units,
+                                    cfg.input_dropout)
     return SliceSegmenter(cfg.n_modalities, cfg.n_classes, list(cfg.seg_channels), cfg.seg_res_units, cfg.input_dropout)
 
 
+def segment_views(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Probabilities of either segmenter as ``(B, V, n_classes, H, W)``: V = M modality views for
+    :class:`PerModalitySegmenter`, V = 1 for the multichannel :class:`SliceSegmenter`."""
+    probs = net(x)
+    return probs if probs.dim() == 5 else probs[:, None]
+
+
 def segmentation_loss(probs: torch.Tensor, label: torch.Tensor, cfg: QuConfig) -> torch.Tensor:
-    """Sec. 2.9 ``loss_l = ||label − label_r||²`` (one-hot vs probabilities, summed over classes,
-    ``QuLossWeights.sv_l_class_weights`` if set), or MONAI's Dice + cross-entropy (``seg_loss: dice_ce``)."""
+    """Sec. 2.9 ``loss_l = Σ_i ||label_i − label_{r,i}||²`` (one-hot vs probabilities, summed over
+    classes, ``QuLossWeights.sv_l_class_weights`` if set), or MONAI's Dice + cross-entropy
+    (``seg_loss: dice_ce``). ``probs`` ``(B, n_classes, H, W)``, or ``(B, M, n_classes, H, W)``
+    from a per-modality segmenter: one loss per modality, summed (every modality has the same
+    registered label)."""
+    if probs.dim() == 5:
+        return sum(segmentation_loss(probs[:, i], label, cfg) for i in range(probs.shape[1]))
     target = one_hot_label_torch(label, cfg.n_classes).to(probs)
     if cfg.seg_loss == "mse":
         return loss_sv_l([target], [probs], class_weights=cfg.loss.sv_l_class_weights)
@@ -562,7 +604,8 @@ class QuGeneration(_QuStage):
 
 
 class QuSegmenter(_QuStage):
-    """Sec. 2.8–2.9: a lesion segmenter trained on real slices (all modalities as channels)."""
+    """Sec. 2.8–2.9: the lesion segmenter(s) of the Dice filter, trained on real slices
+    (``params.segmenter_input``: one per modality, or one on all modalities as channels)."""
 
     def __init__(self, cfg: QuConfig, **kw: Any):
         super().__init__(cfg, **kw)
@@ -576,7 +619,7 @@ class QuSegmenter(_QuStage):
 
     def _preview_columns(self, preview: Batch) -> list[tuple[str, torch.Tensor]]:
         x = preview["image"]
-        pred = self.networks["S"](x).argmax(1, keepdim=True).float()
+        pred = segment_views(self.networks["S"], x)[:, 0].argmax(1, keepdim=True).float()  # first modality's view
         k = max(1, self.cfg.n_classes - 1)
         cols = [(self.cfg.modalities[0], x[:, :1]), ("label", preview["label"].float() / k), ("prediction", pred / k)]
         return cols

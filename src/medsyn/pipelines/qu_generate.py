@@ -51,7 +51,7 @@ from medsyn.data.structure import (
 )
 from medsyn.errors import ConfigError, DatasetError, MedsynError, OutputError
 from medsyn.io.image import atomic_write_bytes, read_image, write_nifti
-from medsyn.methods.qu2023 import QuConfig
+from medsyn.methods.qu2023 import QuConfig, segment_views
 from medsyn.pipelines.qu import Holdout, load_stage, read_holdout, read_pipeline, stage_checkpoint
 
 RECORD_FILE = "generate.json"
@@ -171,6 +171,22 @@ def lesion_dice(pred: np.ndarray, target: np.ndarray) -> float:
     return 1.0 if denom == 0 else 2.0 * float((a & b).sum()) / denom
 
 
+def final_check(slices: list[dict[str, Any]], min_dice: float, final_dice: float) -> dict[str, Any]:
+    """Sec. 2.8's check of the finished set: segmented by the real-trained segmenter(s), its mean
+    Dice with its own labels (over slices and segmenter views) must reach ``final_dice`` (0.99).
+
+    It reuses each accepted slice's filter Dice (the same eval-mode segmenters, so the same
+    numbers). Only run when the Dice filter is on: an unfiltered set (``--min-dice 0``, Table 1)
+    is not meant to pass it.
+    """
+    if min_dice <= 0 or final_dice <= 0:
+        return {"enabled": False, "threshold": final_dice}
+    per_slice = [float(np.mean(s["dice_per_view"])) for s in slices]
+    dice = float(np.mean(per_slice))
+    return {"enabled": True, "threshold": final_dice, "dice": dice, "passed": dice >= final_dice,
+            "min_slice_dice": float(min(per_slice)), "slices": len(per_slice)}
+
+
 @dataclass
 class GenerateResult:
     out: Path
@@ -229,11 +245,10 @@ class _Synthesiser:
             _, x_g = self.gen.generate(f_g, label_t)
             brain = 1.0 - mask_np
             images = np.stack([xg[0, 0].cpu().numpy() * brain for xg in x_g]).astype(np.float32)
-            dice = None
-            if self.seg is not None:  # filter 2: the real-trained segmenter must find the input label
-                x = np.stack([standardize_image(im, brain > 0, p.standardize_clip) for im in images])
-                probs = self.seg(torch.from_numpy(x)[None].to(self.device))
-                dice = lesion_dice(probs.argmax(1)[0].cpu().numpy(), label)
+            dice, dices = None, None
+            if self.seg is not None:  # filter 2: the real-trained segmenter(s) must find the input label
+                dices = self.segment_dice(images, brain > 0, label)
+                dice = min(dices)  # per modality (Sec. 2.9): every modality must show the lesion
                 if dice < self.min_dice:
                     c["dice_rejected"] += 1
                     local["dice"] += 1
@@ -241,8 +256,17 @@ class _Synthesiser:
             c["accepted"] += 1
             return {"images": images, "label": label.astype(np.int16), "brain": (brain > 0).astype(np.uint8),
                     "source": src, "record": {"label_source": self.pool.origin[src], "attempts": attempt,
-                                              "algorithm3_mae": mae, "dice": dice}}
+                                              "algorithm3_mae": mae, "dice": dice, "dice_per_view": dices}}
         raise GenerationError(self._failure(local))
+
+    @torch.no_grad()
+    def segment_dice(self, images: np.ndarray, brain: np.ndarray, label: np.ndarray) -> list[float]:
+        """Whole-lesion Dice of each segmenter view with ``label``: one per modality for the
+        per-modality segmenters (Sec. 2.9), one for the multichannel one. ``images`` ``(M, H, W)``
+        in the network range, standardised here as real slices are."""
+        x = np.stack([standardize_image(im, brain, self.p.standardize_clip) for im in images])
+        views = segment_views(self.seg, torch.from_numpy(x)[None].to(self.device))[0]  # (V, C, H, W)
+        return [lesion_dice(v.argmax(0).cpu().numpy(), label) for v in views]
 
     def _failure(self, local: dict[str, int]) -> str:
         n = self.max_attempts
@@ -280,7 +304,7 @@ def _write_subject(out: Path, sid: str, p: QuConfig, slices: list[dict[str, Any]
 
 def generate(run_dir: str | Path, n: int, labels: str | Path | None, out: str | Path, *, seed: int = 0,
              slices_per_case: int = 1, filter_mae: float | None = None, min_dice: float | None = None,
-             max_attempts: int | None = None, device: str = "auto",
+             final_dice: float | None = None, max_attempts: int | None = None, device: str = "auto",
              progress: Callable[[int, int], None] | None = None) -> GenerateResult:
     """Write ``n`` synthetic subjects of ``slices_per_case`` slices into the new folder ``out``.
 
@@ -302,10 +326,12 @@ def generate(run_dir: str | Path, n: int, labels: str | Path | None, out: str | 
     cfg, p, state = read_pipeline(run)
     filter_mae = p.filter_mae if filter_mae is None else float(filter_mae)
     min_dice = p.min_dice if min_dice is None else float(min_dice)
+    final_dice = p.final_dice if final_dice is None else float(final_dice)
     max_attempts = p.max_attempts if max_attempts is None else int(max_attempts)
-    if filter_mae <= 0 or not 0 <= min_dice <= 1 or max_attempts < 1:
-        raise ConfigError(f"--filter-mae {filter_mae} / --min-dice {min_dice} / --max-attempts {max_attempts}: expected "
-                          "filter-mae > 0, min-dice in [0, 1], max-attempts ≥ 1")
+    if filter_mae <= 0 or not 0 <= min_dice <= 1 or not 0 <= final_dice <= 1 or max_attempts < 1:
+        raise ConfigError(f"--filter-mae {filter_mae} / --min-dice {min_dice} / --final-dice {final_dice} / "
+                          f"--max-attempts {max_attempts}: expected filter-mae > 0, min-dice and final-dice in [0, 1], "
+                          "max-attempts ≥ 1")
     for stage in ("structure", "generation") + (("segmenter",) if min_dice > 0 else ()):
         try:
             stage_checkpoint(run, stage)
@@ -331,17 +357,21 @@ def generate(run_dir: str | Path, n: int, labels: str | Path | None, out: str | 
         "label_slices_excluded_held_out": pool.excluded_slices, "seed": seed, "n": n, "slices_per_case": slices_per_case,
         "modalities": list(p.modalities), "intensity": "network range [0, 1], 0 outside the brain (float32)",
         "filters": {"algorithm3": {"enabled": filter_mae < 1.0, "mae_threshold": filter_mae},
-                    "segmenter_dice": {"enabled": min_dice > 0, "min_dice": min_dice},
+                    "segmenter_dice": {"enabled": min_dice > 0, "min_dice": min_dice,
+                                       "segmenter_input": p.segmenter_input,
+                                       "rule": "every modality's segmenter" if p.segmenter_input == "per-modality"
+                                       else "the multichannel segmenter"},
                     "label_inside_mask": {"label_tries_per_map": p.label_tries}},
         "max_attempts_per_slice": max_attempts, "counts": synth.counts, "subjects": [],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    ids = []
+    ids, all_slices = [], []
     for i in range(n):
         case_seed = int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] % (2**63))
         rng = np.random.default_rng(case_seed)
         tgen = torch.Generator().manual_seed(case_seed)
         slices = [synth(rng, tgen) for _ in range(slices_per_case)]
+        all_slices.append(slices)
         sid = f"synth-{i:05d}"
         _write_subject(out, sid, p, slices, pool.affines[slices[0]["source"]])
         ids.append(sid)
@@ -349,6 +379,7 @@ def generate(run_dir: str | Path, n: int, labels: str | Path | None, out: str | 
         atomic_write_bytes(out / RECORD_FILE, json.dumps(record, indent=1, default=float).encode())
         if progress is not None:
             progress(i + 1, n)
+    record["final_check"] = final_check([s["record"] for sub in all_slices for s in sub], min_dice, final_dice)
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     atomic_write_bytes(out / RECORD_FILE, json.dumps(record, indent=1, default=float).encode())
     return GenerateResult(out, ids, record)

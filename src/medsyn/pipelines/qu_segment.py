@@ -13,7 +13,7 @@ the segmenter filter, Sec. 3.5), the same number of slices each.
 
 Conventions (the paper gives names, not definitions; docs/qu.md):
 
-* Model and loss: :class:`medsyn.methods.qu2023.SliceSegmenter` (all modalities as channels)
+* Model and loss: :func:`medsyn.methods.qu2023.build_segmenter` (one per modality, Sec. 2.9, or all modalities as channels)
   with ``params.seg_loss`` (Sec. 2.9's ``loss_l``), Adam as Sec. 3.1, batch 1.
 * Budget: ``epochs`` passes over each phase's training set (Sec. 3.6: 100 epochs; a
   sequential strategy has two phases, each its own epochs), or a fixed total ``steps`` split
@@ -292,24 +292,65 @@ def train_segmenter(phases: Sequence[Pool], n_steps: Sequence[int], p: QuConfig,
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, test: Pool, n_classes: int, device: torch.device) -> dict[str, Any]:
-    """Mean per-slice whole-lesion Dice, per-class Dice and MSE on ``test`` (module docstring)."""
+def evaluate(model: torch.nn.Module, test: Pool, n_classes: int, device: torch.device,
+             view_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Dice and MSE of a segmenter on ``test`` (module docstring), as means over 2D slices.
+
+    A per-modality segmenter (Sec. 2.9) is scored on each modality's view and the views are
+    averaged (``*_per_view`` keeps each). ``dice``: every slice, an empty prediction on an empty
+    label scoring 1; ``dice_lesion``: only the slices whose label has a lesion (``n_lesion``) —
+    a test set with many lesion-free slices inflates ``dice``, a synthetic set (every slice has
+    a lesion) does not, so compare sets on ``dice_lesion``.
+    """
+    from medsyn.methods.qu2023 import segment_views
+
     model.eval()
-    dices, mses = [], []
+    dices: list[list[float]] = []
+    mses: list[list[float]] = []
     per_class: dict[int, list[float]] = {c: [] for c in range(1, n_classes)}
+    has_lesion = []
     for j in range(len(test)):
-        probs = model(torch.from_numpy(test.images[j][None].astype(np.float32)).to(device))[0].cpu().numpy()
+        views = segment_views(model, torch.from_numpy(test.images[j][None].astype(np.float32)).to(device))[0]
+        views = views.cpu().numpy()  # (V, C, H, W)
         label = test.labels[j].astype(np.int64)
-        pred = probs.argmax(0)
         onehot = (label[None] == np.arange(n_classes)[:, None, None]).astype(np.float32)
-        dices.append(lesion_dice(pred, label))
-        mses.append(float(np.mean((onehot - probs) ** 2)))
-        for c in per_class:
-            a, b = pred == c, label == c
-            if a.any() or b.any():
-                per_class[c].append(2.0 * float((a & b).sum()) / float(a.sum() + b.sum()))
-    return {"dice": float(np.mean(dices)), "mse": float(np.mean(mses)), "n_test": len(test),
+        has_lesion.append(bool((label > 0).any()))
+        dices.append([lesion_dice(v.argmax(0), label) for v in views])
+        mses.append([float(np.mean((onehot - v) ** 2)) for v in views])
+        for v in views:
+            pred = v.argmax(0)
+            for c in per_class:
+                a, b = pred == c, label == c
+                if a.any() or b.any():
+                    per_class[c].append(2.0 * float((a & b).sum()) / float(a.sum() + b.sum()))
+    d, m, lesion = np.asarray(dices), np.asarray(mses), np.asarray(has_lesion)
+    names = list(view_names) if view_names is not None and len(view_names) == d.shape[1] else \
+        [f"view{i}" for i in range(d.shape[1])]
+    return {"dice": float(d.mean()), "mse": float(m.mean()), "n_test": len(test),
+            "dice_lesion": float(d[lesion].mean()) if lesion.any() else None, "n_lesion": int(lesion.sum()),
+            "dice_per_view": dict(zip(names, map(float, d.mean(axis=0)))) if d.shape[1] > 1 else None,
             "dice_per_class": {str(c): (float(np.mean(v)) if v else None) for c, v in per_class.items()}}
+
+
+def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation over repeats of ``dice``, ``dice_lesion`` and ``mse``
+    (std 0 for one repeat)."""
+    out: dict[str, Any] = {"n_repeats": len(results)}
+    for k in ("dice", "dice_lesion", "mse"):
+        v = [r[k] for r in results if r.get(k) is not None]
+        out[k] = {"mean": float(np.mean(v)) if v else None,
+                  "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 if v else None}
+    return out
+
+
+def _pm(stat: dict[str, Any] | None, digits: int = 4) -> str:
+    if not stat or stat.get("mean") is None:
+        return "–"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def _f(v: float | None, digits: int = 4) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
 
 
 def _check_out(out: Path, names: Sequence[str]) -> None:
@@ -382,11 +423,11 @@ def run_table2(run: str | Path, synthetic: str | Path, out: str | Path, *, exper
         results = []
         for r in range(repeats):
             model = train_segmenter(phases, n_steps, p, seed + r, dev)
-            results.append(evaluate(model, test, p.n_classes, dev))
-        best = max(results, key=lambda m: m["dice"])
+            results.append(evaluate(model, test, p.n_classes, dev, p.modalities))
+        best = max(results, key=lambda m: m["dice"])  # Sec. 3.1: "trained four times, the best kept"
         row = {"id": e.id, "real": e.real, "synthetic": e.synthetic, "augmented": e.augmented, "mixing": e.mixing,
                "n_real": n_real, "n_synthetic": n_syn, "n_augmented": n_aug, "steps": n_steps, **best,
-               "repeats": results, "mean_dice": float(np.mean([m["dice"] for m in results])),
+               "repeats": results, "summary": summarize(results),
                "paper": dict(zip(("mse", "dice"), PAPER_TABLE2[e.id]))}
         rows.append(row)
         if log is not None:
@@ -394,6 +435,8 @@ def run_table2(run: str | Path, synthetic: str | Path, out: str | Path, *, exper
                 f"steps {n_steps} → MSE {best['mse']:.4f}, Dice {best['dice']:.4f}")
     record = {"medsyn_version": __version__, "table": "Qu et al. Table 2", "run_dir": str(Path(run).resolve()),
               "synthetic": str(Path(synthetic).resolve()) if syn is not None else None, "R": R, "n_test": len(test),
+              "n_test_lesion": int(sum(bool((lab > 0).any()) for lab in test.labels)),
+              "segmenter_input": p.segmenter_input,
               "split": split, "synthetic_label_sources": provenance,
               "budget": {"epochs": epochs, "steps": steps, "repeats": repeats}, "seed": seed,
               "device": str(dev), "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
@@ -407,31 +450,39 @@ def table2_markdown(record: dict[str, Any]) -> str:
     budget = f"{b['steps']} steps per experiment" if b["steps"] is not None else f"{b['epochs']} epochs per phase"
     lines = ["# Qu et al. Table 2 — does synthetic data help lesion segmentation?", "",
              f"R = {record['R']} real training slices; {record['n_test']} real test slices "
-             f"(split by {record['split']['split']}); {budget}, batch 1, best of {b['repeats']}; seed {record['seed']}.",
-             "Dice: whole lesion, mean over 2D slices; MSE: one-hot label vs softmax. Paper: BRATS2015, R = 15070.", ""]
+             f"(split by {record['split']['split']}, {record.get('n_test_lesion', '?')} with a lesion); {budget}, batch 1, "
+             f"best of {b['repeats']} (Sec. 3.1) and mean ± std over the {b['repeats']}; seed {record['seed']}; "
+             f"segmenter: {record.get('segmenter_input', 'multichannel')}.",
+             "Dice: whole lesion, mean over 2D slices (an empty prediction on an empty slice scores 1); Dice (lesion): "
+             "over the slices with a lesion only; MSE: one-hot label vs softmax. Paper: BRATS2015, R = 15070.", ""]
     if record["split"].get("warning"):
         lines += [f"> **Note:** {record['split']['warning']}.", ""]
     if record.get("command"):
         lines += [f"Command: `{record['command']}`", ""]
-    lines += ["| # | real | synthetic | augmented | mixing | MSE | Dice | paper MSE | paper Dice |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| # | real | synthetic | augmented | mixing | MSE | Dice | Dice (lesion) | Dice mean ± std | "
+              "Dice (lesion) mean ± std | paper MSE | paper Dice |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in record["rows"]:
+        sm = r["summary"]
         lines.append(f"| {r['id']} | {_amount(r['real'], r['n_real'])} | {_amount(r['synthetic'], r['n_synthetic'])} | "
                      f"{_amount(r['augmented'], r['n_augmented'])} | {MIXING_NAMES[r['mixing']]} | {r['mse']:.4f} | "
-                     f"{r['dice']:.4f} | {r['paper']['mse']:.3f} | {r['paper']['dice']:.3f} |")
+                     f"{r['dice']:.4f} | {_f(r['dice_lesion'])} | {_pm(sm['dice'])} | {_pm(sm['dice_lesion'])} | "
+                     f"{r['paper']['mse']:.3f} | {r['paper']['dice']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
 def run_table1(run: str | Path, synthetic: dict[str, str | Path], out: str | Path, *, epochs: int | None = None,
-               steps: int | None = None, seed: int = 0, device: str = "cpu", use_run_segmenter: bool = False,
-               log: Callable[[str], None] | None = None, command: str | None = None) -> dict[str, Any]:
+               steps: int | None = None, repeats: int = 1, seed: int = 0, device: str = "cpu",
+               use_run_segmenter: bool = False, log: Callable[[str], None] | None = None,
+               command: str | None = None) -> dict[str, Any]:
     """Qu et al. Table 1: a real-trained segmenter on real test slices and on each synthetic set.
 
     ``synthetic`` maps a row name (the lesion-supervision variant: 1SEG, 1ECL+4DCL, 4SEG) to a
     synthetic data set generated *without* the segmenter filter (``--min-dice 0``). Each is
-    tested on its first slices, as many as the real test set has (all if fewer).
-    ``use_run_segmenter`` tests the run's ``segmenter`` stage instead of training one on the
-    real training slices of the experiment split.
+    tested on its first slices, as many as the real test set has (all if fewer). ``repeats``
+    segmenters (seeds ``seed … seed + repeats − 1``) are trained on the real training slices and
+    every row gives the mean ± std over them; ``use_run_segmenter`` tests the run's
+    ``segmenter`` stage instead (one model, no repeats).
     """
     from medsyn.training.engine import resolve_device
 
@@ -439,45 +490,63 @@ def run_table1(run: str | Path, synthetic: dict[str, str | Path], out: str | Pat
     _check_out(out, ("table1.md", "table1.json"))
     if not synthetic:
         raise ConfigError("--synthetic: give at least one VARIANT=DIR synthetic data set for Table 1")
+    if repeats < 1 or (steps is not None and steps < 1) or (epochs is not None and epochs < 1):
+        raise ConfigError("--repeats, --steps and --epochs must be ≥ 1")
+    if use_run_segmenter and repeats > 1:
+        raise ConfigError("--repeats: the run's segmenter stage is one model; drop --run-segmenter to train repeats")
     cfg, p, state = read_pipeline(run)
     epochs = p.segmenter_epochs if epochs is None and steps is None else epochs
     dev = resolve_device(device)
     real_train, test, split = real_data(run)
+    test_sets = [("-", "real", None, test)]
+    for name, root in synthetic.items():
+        test_sets.append((name, "synthetic", str(Path(root).resolve()),
+                          synthetic_data(root, p, list(state["slice_size"]), limit=len(test))))  # first len(test)
     if use_run_segmenter:
-        model = load_stage(run, "segmenter", dev).networks["S"]
+        models = [load_stage(run, "segmenter", dev).networks["S"]]
         trained = "the run's segmenter stage"
     else:
         n_steps = phase_steps([len(real_train)], epochs, steps)
-        model = train_segmenter([real_train], n_steps, p, seed, dev)
-        trained = f"{len(real_train)} real training slices, {n_steps[0]} steps"
-    rows = [{"method": "-", "test": "real", **evaluate(model, test, p.n_classes, dev),
-             "paper": dict(zip(("mse", "dice"), PAPER_TABLE1["real"]))}]
-    for name, root in synthetic.items():
-        syn = synthetic_data(root, p, list(state["slice_size"]), limit=len(test))  # the first len(test) slices
-        row = {"method": name, "test": "synthetic", "synthetic": str(Path(root).resolve()),
-               **evaluate(model, syn, p.n_classes, dev)}
-        if name in PAPER_TABLE1:
-            row["paper"] = dict(zip(("mse", "dice"), PAPER_TABLE1[name]))
+        check_no_leak(real_train, read_holdout(run), "Table 1 segmenter")
+        models = (train_segmenter([real_train], n_steps, p, seed + r, dev) for r in range(repeats))
+        trained = f"{len(real_train)} real training slices, {n_steps[0]} steps, {repeats} repeat(s)"
+    results: list[list[dict[str, Any]]] = [[] for _ in test_sets]
+    for model in models:
+        for i, (_, _, _, pool) in enumerate(test_sets):
+            results[i].append(evaluate(model, pool, p.n_classes, dev, p.modalities))
+    rows = []
+    for (name, kind, root, pool), res in zip(test_sets, results):
+        row = {"method": name, "test": kind, **({"synthetic": root} if root else {}), **res[0],
+               "n_lesion": res[0]["n_lesion"], "repeats": res, "summary": summarize(res)}
+        paper_key = "real" if kind == "real" else name
+        if paper_key in PAPER_TABLE1:
+            row["paper"] = dict(zip(("mse", "dice"), PAPER_TABLE1[paper_key]))
         rows.append(row)
-    for r in rows:
         if log is not None:
-            log(f"{r['method']:>10} on {r['test']:<9} ({r['n_test']} slices): MSE {r['mse']:.4f}, Dice {r['dice']:.4f}")
+            sm = row["summary"]
+            log(f"{name:>10} on {kind:<9} ({row['n_test']} slices, {row['n_lesion']} with a lesion): MSE "
+                f"{_pm(sm['mse'])}, Dice {_pm(sm['dice'])}, Dice (lesion) {_pm(sm['dice_lesion'])}")
     record = {"medsyn_version": __version__, "table": "Qu et al. Table 1", "run_dir": str(Path(run).resolve()),
-              "segmenter": trained, "split": split, "budget": {"epochs": epochs, "steps": steps}, "seed": seed,
-              "device": str(dev), "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
+              "segmenter": trained, "segmenter_input": p.segmenter_input, "split": split,
+              "budget": {"epochs": epochs, "steps": steps, "repeats": 1 if use_run_segmenter else repeats},
+              "seed": seed, "device": str(dev), "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "rows": rows}
     lines = ["# Qu et al. Table 1 — lesion detection on real and synthetic test data", "",
-             f"Segmenter: {trained}. Synthetic sets generated without the segmenter filter (Sec. 3.5); each tested on "
-             f"as many slices as the real test set ({len(test)}).",
-             "Dice: whole lesion, mean over 2D slices; MSE: one-hot label vs softmax.", ""]
+             f"Segmenter ({p.segmenter_input}): {trained}. Synthetic sets generated without the segmenter filter "
+             f"(Sec. 3.5); each tested on as many slices as the real test set ({len(test)}).",
+             "Mean ± std over the repeats. Dice: whole lesion, mean over 2D slices (an empty prediction on an empty "
+             "slice scores 1); Dice (lesion): over the slices with a lesion only — the fair comparison between real "
+             "test slices (some lesion-free) and synthetic ones (all with a lesion); MSE: one-hot label vs softmax.", ""]
     if split.get("warning"):
         lines += [f"> **Note:** {split['warning']}.", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
-    lines += ["| synthetic method | test data type | slices | MSE | Dice | paper MSE | paper Dice |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["| synthetic method | test data type | slices (with lesion) | MSE | Dice | Dice (lesion) | paper MSE | "
+              "paper Dice |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        pm = r.get("paper", {})
-        lines.append(f"| {r['method']} | {r['test']} | {r['n_test']} | {r['mse']:.4f} | {r['dice']:.4f} | "
-                     f"{pm.get('mse', float('nan')):.3f} | {pm.get('dice', float('nan')):.3f} |")
+        pm, sm = r.get("paper", {}), r["summary"]
+        lines.append(f"| {r['method']} | {r['test']} | {r['n_test']} ({r['n_lesion']}) | {_pm(sm['mse'])} | "
+                     f"{_pm(sm['dice'])} | {_pm(sm['dice_lesion'])} | {pm.get('mse', float('nan')):.3f} | "
+                     f"{pm.get('dice', float('nan')):.3f} |")
     _write(out, "table1", record, "\n".join(lines) + "\n")
     return record
