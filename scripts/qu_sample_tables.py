@@ -16,7 +16,7 @@ What it runs (every step is a medsyn command or the library call behind it):
 The numbers on a 2-subject sample and a few hundred CPU steps say nothing about the method;
 they show the pipeline end to end. The full BraTS command is in docs/qu.md.
 
-    python scripts/qu_sample_tables.py --out runs/qu-sample [--steps 100] [--seg-steps 300]
+    python scripts/qu_sample_tables.py --out runs/qu-sample [--steps 100] [--seg-steps 300] [--table1-repeats 3]
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100, help="training steps per pipeline stage")
     ap.add_argument("--seg-steps", type=int, default=300, help="segmenter updates per Table 1/2 experiment")
     ap.add_argument("--variants", default="4SEG,1SEG,1ECL+4DCL")
+    ap.add_argument("--table1-repeats", type=int, default=3, help="segmenters trained for Table 1 (mean ± std)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # tiny networks: one thread beats two busy cores
     args.out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +100,7 @@ def main() -> None:
            "--steps", args.seg_steps)
     if not (args.out / "table1" / "table1.md").exists():
         sh("segment-experiment", main_run, "--table", 1, *[x for v in variants for x in ("--synthetic", f"{v}={args.out / f'syn1-{v}'}")],
-           "--out", args.out / "table1", "--steps", args.seg_steps)
+           "--out", args.out / "table1", "--steps", args.seg_steps, "--repeats", args.table1_repeats)
     counts = json.loads((args.out / f"syn-{variants[0]}" / "generate.json").read_text())["counts"]
     print(f"\nsynthetic set for Table 2: {counts}")
 

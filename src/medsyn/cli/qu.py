@@ -97,7 +97,27 @@ def segment_experiment(
     console.print(f"wrote {out / f'{name}.md'} and {out / f'{name}.json'}")
 
 
+def convert_brats2015(
+    src: Path = typer.Argument(..., help="The extracted BRATS2015 folder (HGG/, LGG/ with VSD.*.mha files)."),
+    out: Path = typer.Argument(..., help="Output data set folder: <case>/{t1n,t1c,t2w,t2f,seg}.nii.gz; existing cases are skipped."),
+) -> None:
+    """Convert BRATS2015 (Qu et al.'s data, .mha) into medsyn's subject folders (t1n, t1c, t2w, t2f, seg)."""
+    from medsyn.data.brats2015 import convert_brats2015 as run_convert
+
+    rec = run_convert(src, out, progress=lambda i, n, name: console.print(f"[{i}/{n}] {name}", highlight=False))
+    n = len(rec["cases"])
+    lab = sum(c["labelled"] for c in rec["cases"].values())
+    console.print(f"wrote {n - rec['skipped_existing']} case(s) to [bold]{out}[/] ({rec['skipped_existing']} already "
+                  f"there; {lab} with labels 0–4). Train Qu et al. on it with --set data.root={out} "
+                  "--set params.n_classes=5", soft_wrap=True)
+
+
+qu_app = typer.Typer(help="Qu et al. data tools.", no_args_is_help=True)
+qu_app.command("convert-brats2015")(convert_brats2015)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``generate`` and ``segment-experiment`` to the ``medsyn`` command line."""
+    """Add ``generate``, ``segment-experiment`` and ``qu …`` to the ``medsyn`` command line."""
     app.command("generate")(generate)
     app.command("segment-experiment")(segment_experiment)
+    app.add_typer(qu_app, name="qu")
