@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--seg-steps", type=int, default=300, help="segmenter updates per Table 1/2 experiment")
     ap.add_argument("--variants", default="4SEG,1SEG,1ECL+4DCL")
     ap.add_argument("--table1-repeats", type=int, default=3, help="segmenters trained for Table 1 (mean ± std)")
+    ap.add_argument("--experiments", default="all", help="Table 2 rows (the paper's numbers), e.g. 1,2,15, or all")
     args = ap.parse_args()
     torch.set_num_threads(1)  # tiny networks: one thread beats two busy cores
     args.out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,7 @@ def main() -> None:
         generate(runs[v], n_test, args.out / f"syn1-{v}", 1, strict_first=False)
     if not (args.out / "table2" / "table2.md").exists():
         sh("segment-experiment", main_run, "--synthetic", args.out / f"syn-{variants[0]}", "--out", args.out / "table2",
-           "--steps", args.seg_steps)
+           "--steps", args.seg_steps, "--experiments", args.experiments)
     if not (args.out / "table1" / "table1.md").exists():
         sh("segment-experiment", main_run, "--table", 1, *[x for v in variants for x in ("--synthetic", f"{v}={args.out / f'syn1-{v}'}")],
            "--out", args.out / "table1", "--steps", args.seg_steps, "--repeats", args.table1_repeats)

@@ -16,7 +16,7 @@ import torch
 from medsyn.cli.main import main
 from medsyn.config import load_config
 from medsyn.pipelines.qu import plan, run_pipeline
-from test_qu_pipeline import MODS, TINY_PARAMS, make_qu_dataset, tiny_cfg
+from test_qu_pipeline import MODS, TINY_PARAMS, _slice_cache, make_qu_dataset, tiny_cfg  # noqa: F401 (autouse fixture)
 
 
 

@@ -15,20 +15,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from medsyn.errors import DatasetError
 from medsyn.methods import qu2023
 from medsyn.pipelines.qu import read_holdout, read_pipeline, run_pipeline
-from test_qu_pipeline import make_qu_dataset, tiny_cfg
+from test_qu_pipeline import _slice_cache, make_qu_dataset, tiny_cfg  # noqa: F401 (autouse fixture)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train(root: Path, out: Path, **data) -> tuple[Path, list[tuple[str, int]]]:

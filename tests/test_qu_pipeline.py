@@ -75,6 +75,16 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _slice_cache(tmp_path_factory):
+    """The Qu slice store of every run in the module goes to a temporary $MEDSYN_CACHE (modules
+    that run pipelines import this fixture)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDSYN_CACHE", str(tmp_path_factory.mktemp("medsyn-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     return make_qu_dataset(tmp_path_factory.mktemp("qu") / "data")

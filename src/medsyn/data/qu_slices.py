@@ -24,13 +24,26 @@ Conventions
   ``> 0``.
 * Labels are integer class maps ``0 .. n_classes-1``; a slice of a subject without a label file
   has ``has_label = False`` and an all-zero label.
+
+Memory (issue 13): with a :class:`SliceStore`, each subject's slices are computed once and
+written to an on-disk cache (``$MEDSYN_CACHE/qu-slices``), then **memory-mapped**; a
+:class:`QuSlices` then holds :class:`Rows` — lazy row selections of those memory maps — so the
+stages and the segmentation experiments read one slice at a time, and memory no longer grows
+with the number of subjects or synthetic slices (the OS page cache holds what is hot).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +59,7 @@ from medsyn.data.structure import (
     remove_lesion_structure,
     structural_feature_map,
 )
-from medsyn.errors import ConfigError, DatasetError
+from medsyn.errors import ConfigError, DatasetError, OutputError
 from medsyn.io.image import read_header_geometry
 
 #: Sec. 3.2: "slices 55–105 of each 3D MRI" of BRATS2015 (1 mm slices), here in mm.
@@ -139,6 +152,12 @@ def augment_slice(
     so the background stays exactly 0.
     """
     inverse, offset = random_label_affine(rng, label.shape, config)
+    return warp_slice(images, label, brain, inverse, offset)
+
+
+def warp_slice(images: np.ndarray, label: np.ndarray, brain: np.ndarray, inverse: np.ndarray,
+               offset: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`augment_slice` with a given transform (output → input ``inverse``, ``offset``)."""
     images = np.asarray(images, dtype=np.float32)
 
     def warp(a: np.ndarray, order: int) -> np.ndarray:
@@ -151,6 +170,254 @@ def augment_slice(
     return new_images, new_label.astype(label.dtype), new_brain
 
 
+# --------------------------------------------------------------------------- lazy rows
+
+
+class Rows:
+    """A lazy, read-only concatenation of row selections of arrays (memory maps, usually).
+
+    ``Rows([(a, rows_a), (b, rows_b)])`` behaves like ``np.concatenate([a[rows_a], b[rows_b]])``
+    for what the Qu code does with slice stacks — ``r[j]``, ``r[j, i]``, ``len(r)``, ``r.shape``,
+    iteration, ``r[idx]`` / ``r[a:b]`` (another :class:`Rows`, still lazy) — but reads a row only
+    when it is indexed. ``np.asarray(r)`` materialises it (tests, small sets).
+    """
+
+    def __init__(self, parts: Sequence[tuple[Any, Sequence[int] | np.ndarray]]):
+        self.parts = [(a, np.asarray(r, dtype=np.int64)) for a, r in parts if len(r)]
+        self._starts = np.cumsum([0] + [len(r) for _, r in self.parts])
+        first = parts[0][0] if parts else np.zeros((0,))
+        self.dtype = first.dtype
+        self._row_shape = tuple(first.shape[1:])
+
+    @staticmethod
+    def whole(a: Any) -> "Rows":
+        return Rows([(a, np.arange(a.shape[0]))])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self),) + self._row_shape
+
+    def _locate(self, j: int) -> tuple[Any, int]:
+        n = len(self)
+        if not -n <= j < n:
+            raise IndexError(f"row {j} out of range for {n} rows")
+        j %= n
+        p = int(np.searchsorted(self._starts, j, side="right")) - 1
+        a, rows = self.parts[p]
+        return a, int(rows[j - self._starts[p]])
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, np.integer)):
+            a, r = self._locate(int(key))
+            return np.asarray(a[r])
+        if isinstance(key, tuple):
+            return self[key[0]][key[1:]] if len(key) > 1 else self[key[0]]
+        idx = np.arange(len(self))[key]  # slices, integer or boolean arrays
+        return self.take(idx)
+
+    def take(self, idx: Sequence[int] | np.ndarray) -> "Rows":
+        idx = np.asarray(idx, dtype=np.int64) % max(1, len(self))
+        parts: list[tuple[Any, list[int]]] = []
+        for j in idx:
+            p = int(np.searchsorted(self._starts, j, side="right")) - 1
+            a, rows = self.parts[p]
+            row = int(rows[j - self._starts[p]])
+            if parts and parts[-1][0] is a:
+                parts[-1][1].append(row)
+            else:
+                parts.append((a, [row]))
+        out = Rows(parts) if parts else Rows([(self.parts[0][0] if self.parts else np.zeros((0,) + self._row_shape,
+                                                                                         self.dtype), [])])
+        out.dtype, out._row_shape = self.dtype, self._row_shape
+        return out
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for j in range(len(self)):
+            yield self[j]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.stack(list(self)) if len(self) else np.zeros(self.shape, self.dtype)
+        return out.astype(dtype) if dtype is not None else out
+
+    @staticmethod
+    def concat(items: Sequence[Any]) -> "Rows":
+        """Rows of several :class:`Rows` / arrays, in order."""
+        parts = []
+        for it in items:
+            parts += it.parts if isinstance(it, Rows) else [(it, np.arange(it.shape[0]))]
+        if not parts:
+            raise ValueError("Rows.concat: nothing to concatenate")
+        return Rows(parts)
+
+
+def concat_rows(items: Sequence[Any]) -> Any:
+    """``np.concatenate`` for arrays, a lazy :class:`Rows` as soon as one item is one."""
+    if any(isinstance(it, Rows) for it in items):
+        return Rows.concat(items)
+    return np.concatenate(items)
+
+
+# --------------------------------------------------------------------------- the slice store
+
+#: bump when an entry's format changes (old entries are then not found and rebuilt elsewhere)
+STORE_FORMAT = 1
+STORE_ARRAYS = ("images", "labels", "brain", "index", "offsets")
+
+
+#: memory maps kept open at once (a synthetic set can have 10⁵ one-slice subjects; Linux allows ~65 000 maps)
+OPEN_MAPS = 256
+
+
+@functools.lru_cache(maxsize=OPEN_MAPS)
+def _memmap(path: str) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+class LazyNpy:
+    """A ``.npy`` file read through a bounded pool of memory maps: ``shape``/``dtype`` from the
+    entry's meta (the file is not opened), ``a[i]`` maps the file on first use."""
+
+    def __init__(self, path: Path, shape: Sequence[int], dtype: str):
+        self.path, self.shape, self.dtype = str(path), tuple(int(v) for v in shape), np.dtype(dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return _memmap(self.path)[key]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = np.asarray(_memmap(self.path))
+        return a.astype(dtype) if dtype is not None else a
+
+
+def default_store_root() -> Path:
+    """``$MEDSYN_CACHE/qu-slices`` (``~/.cache/medsyn/qu-slices``)."""
+    from medsyn.data.prepared import cache_dir
+
+    return cache_dir() / "qu-slices"
+
+
+def _file_ids(files: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for m, p in sorted(files.items()):
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            raise DatasetError(f"{p}: cannot read ({e.strerror or e})") from None
+        out[m] = {"path": str(Path(p).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return out
+
+
+class SliceStore:
+    """Per-subject slice stacks on disk, memory-mapped when read (issue 13, item 5).
+
+    ``<root>/<dataset>-<key>/<subject>/{images,labels,brain,index,offsets}.npy + meta.json``;
+    ``key`` hashes every setting that changes an entry (modalities, label, slice range, grid,
+    classes, standardisation); each entry's ``meta.json`` records the size and mtime of every
+    file it was made from. An entry is written in a temporary folder and renamed into place
+    (a reader never sees half an entry; two builders of one entry both succeed, the second
+    keeps the first's). A missing, truncated or stale entry (a source file changed) is rebuilt.
+    A cache folder that cannot be written raises OutputError naming it.
+    """
+
+    def __init__(self, dataset: Dataset, modalities: Sequence[str], *, label: str | None, slice_range_mm: Any,
+                 slice_size: Sequence[int], n_classes: int | None, clip: float, floor: float,
+                 root: str | Path | None = None):
+        self.dataset = dataset
+        self.settings = {"format": STORE_FORMAT, "modalities": list(modalities), "label": label,
+                         "slice_range_mm": None if slice_range_mm is None else [float(v) for v in slice_range_mm],
+                         "slice_size": [int(v) for v in slice_size], "n_classes": n_classes, "clip": float(clip),
+                         "floor": float(floor), "dtype": "float16"}
+        key = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:16]
+        base = Path(root).expanduser() if root else default_store_root()
+        self.dir = base / f"{Path(dataset.root).resolve().name}-{key}"
+        self.rebuilt: list[tuple[str, str]] = []  # (subject, why) of every entry (re)built
+
+    def _sources(self, sid: str) -> dict[str, Path]:
+        s = self.dataset.subjects[sid]
+        names = [*self.settings["modalities"], self.settings["label"], "brainmask"]
+        return {m: s.files[m] for m in names if m and m in s.files}
+
+    def check(self, sid: str) -> tuple[dict[str, Any] | None, str]:
+        """``(meta, "")`` for a usable entry of ``sid``, else ``(None, why)``."""
+        path = self.dir / sid
+        if not path.is_dir():
+            return None, "missing"
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError) as e:
+            return None, f"meta.json unreadable ({type(e).__name__})"
+        if meta.get("settings") != self.settings or meta.get("id") != sid:
+            return None, "written with other settings"
+        if meta.get("files") != _file_ids(self._sources(sid)):
+            return None, "a source file changed since it was cached"
+        for k in STORE_ARRAYS:
+            try:
+                a = np.load(path / f"{k}.npy", mmap_mode="r")
+            except (OSError, ValueError) as e:
+                return None, f"{k}.npy unreadable or truncated ({str(e).splitlines()[0][:60]})"
+            if list(a.shape) != meta["shapes"][k] or str(a.dtype) != meta["dtypes"][k]:
+                return None, f"{k}.npy holds {a.dtype}{list(a.shape)}, meta.json says {meta['dtypes'][k]}{meta['shapes'][k]}"
+        return meta, ""
+
+    def open(self, sid: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The arrays (:class:`LazyNpy`, memory-mapped on use) and meta of ``sid``'s entry, built
+        first when needed."""
+        meta, why = self.check(sid)
+        if meta is None:
+            self.rebuilt.append((sid, why))
+            self._build(sid)
+            meta, why = self.check(sid)
+            if meta is None:
+                raise OutputError(f"{self.dir / sid}: the slice cache entry just written is not readable ({why}); "
+                                  "check the disk, or set params.slice_cache: false")
+        arrays = {k: LazyNpy(self.dir / sid / f"{k}.npy", meta["shapes"][k], meta["dtypes"][k]) for k in STORE_ARRAYS}
+        return arrays, meta
+
+    def _build(self, sid: str) -> None:
+        st = self.settings
+        files = _file_ids(self._sources(sid))  # before reading: a change while building makes the entry stale
+        arrays, info = _subject_slices(self.dataset, sid, st["modalities"], label=st["label"],
+                                       slice_range_mm=st["slice_range_mm"], slice_size=st["slice_size"],
+                                       n_classes=st["n_classes"], clip=st["clip"], floor=st["floor"])
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{sid}-", dir=self.dir))
+        except OSError as e:
+            raise OutputError(f"{self.dir}: cannot write the Qu slice cache ({e.strerror or e}); set "
+                              "params.slice_cache_dir to a writable folder, or params.slice_cache: false") from None
+        try:
+            for k in STORE_ARRAYS:
+                np.save(tmp / f"{k}.npy", arrays[k])
+            meta = {"id": sid, "settings": st, "files": files, **info,
+                    "shapes": {k: list(arrays[k].shape) for k in STORE_ARRAYS},
+                    "dtypes": {k: str(arrays[k].dtype) for k in STORE_ARRAYS}}
+            (tmp / "meta.json").write_text(json.dumps(meta))  # last: an entry without it is never used
+            final = self.dir / sid
+            if final.exists():  # stale: move it aside first (rename cannot replace a non-empty folder)
+                trash = Path(tempfile.mkdtemp(prefix=f".trash-{sid}-", dir=self.dir))
+                os.rename(final, trash / "entry")
+                shutil.rmtree(trash, ignore_errors=True)
+            _memmap.cache_clear()  # no map of a replaced entry may survive
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():  # another process renamed its (identical) entry first: keep that one
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OutputError(f"{self.dir}: cannot write the Qu slice cache ({e.strerror or e}); free space, set "
+                              "params.slice_cache_dir to a writable folder, or params.slice_cache: false") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -160,16 +427,17 @@ class QuSlices:
 
     images: ``(N, M, H, W)`` in [0, 1] (0 outside the brain), modalities in ``modalities``
     order, stored as **float16** (half the memory: 0.46 MB per 4-modality 240×240 slice;
-    samples are float32). labels: ``(N, H, W)`` int16. has_label: ``(N,)`` bool. brain:
+    samples are float32); with a :class:`SliceStore` images, labels and brain are lazy
+    :class:`Rows` of memory maps instead. labels: ``(N, H, W)`` int16. has_label: ``(N,)`` bool. brain:
     ``(N, H, W)`` bool. subjects / index: the subject id and canonical axial index of each
     slice; offsets: ``(N, 2)`` :func:`fit_to_size` offsets; affines: ``subject → 4×4`` canonical
     affine of the subject's volumes; spacing: in-plane spacing (mm) of every subject.
     """
 
-    images: np.ndarray
-    labels: np.ndarray
+    images: np.ndarray | Rows
+    labels: np.ndarray | Rows
     has_label: np.ndarray
-    brain: np.ndarray
+    brain: np.ndarray | Rows
     subjects: list[str]
     index: np.ndarray
     offsets: np.ndarray
@@ -204,6 +472,43 @@ def _check_label_values(lab: np.ndarray, n_classes: int | None, where: str) -> N
                            "(BraTS 2021+: 4, BRATS2015: 5)")
 
 
+def _subject_slices(dataset: Dataset, sid: str, modalities: Sequence[str], *, label: str | None,
+                    slice_range_mm: Sequence[float] | None, slice_size: Sequence[int], n_classes: int | None,
+                    clip: float, floor: float) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every usable in-range slice of one subject: ``images`` ``(n, M, H, W)`` float16,
+    ``labels`` ``(n, H, W)`` int16, ``brain`` ``(n, H, W)`` bool, ``index`` ``(n,)``,
+    ``offsets`` ``(n, 2)``; and ``{"has_label", "affine", "spacing"}``."""
+    s = dataset.subjects[sid]
+    has_lab = label is not None and label in s.files
+    case = load_case(s, list(modalities), None, label=label if has_lab else None)
+    if has_lab:
+        _check_label_values(case.label, n_classes, str(s.files[label]))
+    imgs, labs, brains, index, offs = [], [], [], [], []
+    h, w = int(slice_size[0]), int(slice_size[1])
+    for k in slice_indices(case.reference.shape[2], case.reference.spacing[2], slice_range_mm):
+        brain = case.mask[:, :, k]
+        if brain.mean() < MIN_BRAIN_FRACTION:
+            continue
+        stack = np.stack([standardize_image(case.sources[m].array[:, :, k], brain, clip, floor) for m in modalities])
+        stack, off = fit_to_size(np.moveaxis(stack, 0, -1), slice_size)
+        lab = case.label[:, :, k] if has_lab else np.zeros(brain.shape, np.int16)
+        lab, _ = fit_to_size(lab.astype(np.int16) * brain, slice_size)
+        br, _ = fit_to_size(brain, slice_size)
+        imgs.append(np.moveaxis(stack, -1, 0).astype(np.float16))
+        labs.append(lab.astype(np.int16))
+        brains.append(br.astype(bool))
+        index.append(k)
+        offs.append(off)
+    m = len(modalities)
+    arrays = {"images": np.stack(imgs) if imgs else np.zeros((0, m, h, w), np.float16),
+              "labels": np.stack(labs) if labs else np.zeros((0, h, w), np.int16),
+              "brain": np.stack(brains) if brains else np.zeros((0, h, w), bool),
+              "index": np.asarray(index, np.int64), "offsets": np.asarray(offs, np.int64).reshape(-1, 2)}
+    info = {"has_label": bool(has_lab), "affine": case.reference.affine.tolist(),
+            "spacing": [float(v) for v in case.reference.spacing]}
+    return arrays, info
+
+
 def load_slices(
     dataset: Dataset,
     ids: Sequence[str],
@@ -218,6 +523,7 @@ def load_slices(
     floor: float = DEFAULT_STANDARDIZE_FLOOR,
     exclude: Mapping[str, Sequence[int]] | None = None,
     include: Mapping[str, Sequence[int]] | None = None,
+    store: str | Path | bool | None = None,
 ) -> QuSlices:
     """Load, standardise and pad/crop the axial slices of ``ids`` (Sec. 3.2).
 
@@ -228,11 +534,19 @@ def load_slices(
     ``exclude`` (subject → canonical axial indices) drops those slices — the pipeline's held-out
     test slices (docs/qu.md, "Held-out test data"); ``include`` keeps only the listed slices of
     the subjects it names.
+
+    ``store``: ``None``/``False`` — everything in memory (float16 arrays); ``True`` or a folder —
+    through a :class:`SliceStore` (default root ``$MEDSYN_CACHE/qu-slices``): images, labels and
+    brains are lazy :class:`Rows` of memory maps, the same values.
     """
     if not ids:
         raise DatasetError(f"{dataset.root}: no subjects to load slices from (the split is empty)")
-    imgs, labs, has, brains, subj, index, offs = [], [], [], [], [], [], []
-    affines, spacing = {}, {}
+    st = None
+    if store is not None and store is not False:
+        st = SliceStore(dataset, modalities, label=label, slice_range_mm=slice_range_mm, slice_size=slice_size,
+                        n_classes=n_classes, clip=clip, floor=floor, root=None if store is True else store)
+    parts: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
+    has, subj, affines, spacing = [], [], {}, {}
     for sid in ids:
         s = dataset.subjects[sid]
         missing = [m for m in modalities if m not in s.files]
@@ -240,41 +554,37 @@ def load_slices(
             raise DatasetError(f"{s.folder or dataset.root}: subject {sid!r} has no {', '.join(map(repr, missing))} "
                                f"image (has: {', '.join(sorted(s.files))}); every subject needs all of params.modalities "
                                f"= {list(modalities)}")
-        has_lab = label is not None and label in s.files
-        if labelled_only and not has_lab:
+        if labelled_only and not (label is not None and label in s.files):
             continue
-        case = load_case(s, list(modalities), None, label=label if has_lab else None)
-        if has_lab:
-            _check_label_values(case.label, n_classes, str(s.files[label]))
-        affines[sid] = case.reference.affine.copy()
-        spacing[sid] = case.reference.spacing
+        if st is not None:
+            arrays, info = st.open(sid)
+        else:
+            arrays, info = _subject_slices(dataset, sid, modalities, label=label, slice_range_mm=slice_range_mm,
+                                           slice_size=slice_size, n_classes=n_classes, clip=clip, floor=floor)
+        affines[sid] = np.asarray(info["affine"], dtype=np.float64)
+        spacing[sid] = tuple(float(v) for v in info["spacing"])
         dropped = set(int(k) for k in (exclude or {}).get(sid, ()))
         kept = None if include is None or sid not in include else set(int(k) for k in include[sid])
-        for k in slice_indices(case.reference.shape[2], case.reference.spacing[2], slice_range_mm):
-            if k in dropped or (kept is not None and k not in kept):
-                continue
-            brain = case.mask[:, :, k]
-            if brain.mean() < MIN_BRAIN_FRACTION:
-                continue
-            stack = np.stack([standardize_image(case.sources[m].array[:, :, k], brain, clip, floor) for m in modalities])
-            stack, off = fit_to_size(np.moveaxis(stack, 0, -1), slice_size)
-            lab = case.label[:, :, k] if has_lab else np.zeros(brain.shape, np.int16)
-            lab, _ = fit_to_size(lab.astype(np.int16) * brain, slice_size)
-            br, _ = fit_to_size(brain, slice_size)
-            imgs.append(np.moveaxis(stack, -1, 0))
-            labs.append(lab)
-            has.append(has_lab)
-            brains.append(br)
-            subj.append(sid)
-            index.append(k)
-            offs.append(off)
-    if not imgs:
+        rows = np.asarray([r for r, k in enumerate(np.asarray(arrays["index"]))
+                           if int(k) not in dropped and (kept is None or int(k) in kept)], dtype=np.int64)
+        if rows.size:
+            parts.append((arrays, rows))
+            has += [info["has_label"]] * rows.size
+            subj += [sid] * rows.size
+    if not parts:
         what = "labelled subjects" if labelled_only else "subjects"
         raise DatasetError(f"{dataset.root}: no usable axial slice in the {what} {list(ids)[:5]} for params.slice_range "
                            f"{list(slice_range_mm) if slice_range_mm is not None else 'all'} mm (volumes too short, "
                            "empty brain, or no label file); check params.slice_range and params.label")
-    return QuSlices(np.stack(imgs).astype(np.float16), np.stack(labs).astype(np.int16), np.asarray(has, bool),
-                    np.stack(brains).astype(bool), subj, np.asarray(index, np.int64), np.asarray(offs, np.int64),
+
+    def join(k: str) -> Any:
+        if st is not None:
+            return Rows([(a[k], r) for a, r in parts])
+        return np.concatenate([np.asarray(a[k])[r] for a, r in parts])
+
+    index = np.concatenate([np.asarray(a["index"])[r] for a, r in parts]).astype(np.int64)
+    offsets = np.concatenate([np.asarray(a["offsets"])[r] for a, r in parts]).astype(np.int64)
+    return QuSlices(join("images"), join("labels"), np.asarray(has, bool), join("brain"), subj, index, offsets,
                     list(modalities), affines, spacing)
 
 

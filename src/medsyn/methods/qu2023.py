@@ -121,6 +121,10 @@ class QuConfig:
     slice_size: list[int] | None = None  # (choice) H×W grid, pad/crop; null = smallest multiple of 8 holding every slice
     unpaired: bool = True  # Sec. 1, 2.4: "训练数据无需配准" — each real x_i from its own random slice
     standardize_clip: float = DEFAULT_STANDARDIZE_CLIP  # (choice) per-image z-score clip before mapping to [0, 1]
+    # issue 13: slices computed once per subject into an on-disk cache and read memory-mapped (bounded memory);
+    # false: every slice in memory. slice_cache_dir: null = $MEDSYN_CACHE/qu-slices (~/.cache/medsyn/qu-slices)
+    slice_cache: bool = True
+    slice_cache_dir: str | None = None
     # --- Algorithms 1–2 (Sec. 2.2, 2.3) ---
     beta: float = DEFAULT_BETA  # (choice) Alg. 1 threshold, authors' code (docs/qu.md 1)
     mask_padding: int = DEFAULT_MASK_PADDING  # (choice) Alg. 2 p (docs/qu.md 4)
@@ -638,6 +642,11 @@ def _save_grid(path: Path, cols: list[tuple[str, torch.Tensor]]) -> Path:
 _SLICE_CACHE: dict[tuple, QuSlices] = {}
 
 
+def slice_store(p: QuConfig) -> bool | str:
+    """``load_slices``' ``store`` argument for ``params.slice_cache`` / ``params.slice_cache_dir``."""
+    return False if not p.slice_cache else (p.slice_cache_dir or True)
+
+
 def training_slices(cfg_run: Any, dataset: Any, ids: list[str], *, labelled_only: bool = False) -> QuSlices:
     """The stage's training slices (cached: the pipeline's stages share one load per process):
     the in-range slices of ``ids`` except the held-out ``params.exclude_slices``."""
@@ -645,12 +654,12 @@ def training_slices(cfg_run: Any, dataset: Any, ids: list[str], *, labelled_only
     d = cfg_run.data
     key = (str(dataset.root), str(d.manifest), tuple(ids), tuple(p.modalities), p.label, tuple(p.slice_range),
            tuple(p.slice_size), p.n_classes, p.standardize_clip, labelled_only,
-           tuple(sorted((k, tuple(v)) for k, v in (p.exclude_slices or {}).items())))
+           tuple(sorted((k, tuple(v)) for k, v in (p.exclude_slices or {}).items())), slice_store(p))
     if key not in _SLICE_CACHE:
         _SLICE_CACHE.clear()  # keep one set in memory
         _SLICE_CACHE[key] = load_slices(dataset, ids, p.modalities, label=p.label, slice_range_mm=p.slice_range,
                                         slice_size=p.slice_size, n_classes=p.n_classes, labelled_only=labelled_only,
-                                        clip=p.standardize_clip, exclude=p.exclude_slices)
+                                        clip=p.standardize_clip, exclude=p.exclude_slices, store=slice_store(p))
     return _SLICE_CACHE[key]
 
 

@@ -50,11 +50,11 @@ import torch
 from medsyn import __version__
 from medsyn.data.dataset import discover
 from medsyn.data.pipeline import make_splits, open_dataset
-from medsyn.data.qu_slices import QuSlices, augment_slice, load_slices
-from medsyn.data.structure import LabelAugmentConfig
+from medsyn.data.qu_slices import QuSlices, Rows, concat_rows, load_slices, warp_slice
+from medsyn.data.structure import LabelAugmentConfig, random_label_affine
 from medsyn.errors import ConfigError, DatasetError, OutputError
 from medsyn.io.image import atomic_write_bytes
-from medsyn.methods.qu2023 import QuConfig, adam, build_segmenter, segmenter_step
+from medsyn.methods.qu2023 import QuConfig, adam, build_segmenter, segmenter_step, slice_store
 from medsyn.pipelines.qu import Holdout, load_stage, read_holdout, read_pipeline
 from medsyn.pipelines.qu_generate import lesion_dice
 
@@ -116,12 +116,14 @@ def parse_experiments(spec: str | Sequence[int] | None) -> list[int]:
 
 @dataclass
 class Pool:
-    """Training or test slices: ``images`` ``(N, M, H, W)`` standardised, ``labels`` ``(N, H, W)``;
-    ``origin``: ``"subject:k"`` of each real slice (of its source slice for an augmented one),
-    ``"synthetic:<subject>"`` for a synthetic one — what the leak checks read."""
+    """Training or test slices: ``images`` ``(N, M, H, W)`` standardised, ``labels`` ``(N, H, W)``
+    — arrays, or lazy :class:`~medsyn.data.qu_slices.Rows` read one slice at a time (memory
+    maps of the slice store, augmented slices computed on read); ``origin``: ``"subject:k"`` of
+    each real slice (of its source slice for an augmented one), ``"synthetic:<subject>:k"`` for a
+    synthetic one — what the leak checks read."""
 
-    images: np.ndarray
-    labels: np.ndarray
+    images: np.ndarray | Rows
+    labels: np.ndarray | Rows
     origin: list[str]
 
     def __len__(self) -> int:
@@ -141,7 +143,7 @@ class Pool:
     @staticmethod
     def concat(pools: Sequence["Pool"]) -> "Pool":
         pools = [q for q in pools if len(q)]
-        return Pool(np.concatenate([q.images for q in pools]), np.concatenate([q.labels for q in pools]),
+        return Pool(concat_rows([q.images for q in pools]), concat_rows([q.labels for q in pools]),
                     [o for q in pools for o in q.origin])
 
 
@@ -192,7 +194,7 @@ def real_data(run: str | Path) -> tuple[Pool, Pool, dict[str, Any]]:
     train_ids = [i for i in splits["train"] if p.label in ds.subjects[i].files]
     size = list(state["slice_size"])
     kw = dict(label=p.label, slice_range_mm=p.slice_range, slice_size=size, n_classes=p.n_classes,
-              labelled_only=True, clip=p.standardize_clip)
+              labelled_only=True, clip=p.standardize_clip, store=slice_store(p))
     if holdout.kind == "none":
         raise DatasetError(f"{Path(run)}: the run holds no real test data out — its split has no labelled test subject "
                            "and its stages trained on every labelled slice (params.slice_holdout = 0, or a run trained "
@@ -225,7 +227,7 @@ def synthetic_data(root: str | Path, p: QuConfig, slice_size: list[int], limit: 
     first ``limit`` cases, so "synthetic × 2" ⊂ "synthetic × 3" and memory stays what is used."""
     ds = discover(root)
     kw = dict(label=p.label, slice_range_mm=None, slice_size=slice_size, n_classes=p.n_classes, labelled_only=True,
-              clip=p.standardize_clip)
+              clip=p.standardize_clip, store=slice_store(p))
     missing = [sid for sid in ds.ids() if any(m not in ds.subjects[sid].files for m in p.modalities + [p.label])]
     if missing:
         s = ds.subjects[missing[0]]
@@ -244,19 +246,50 @@ def synthetic_data(root: str | Path, p: QuConfig, slice_size: list[int], limit: 
     return pool if limit is None else pool.take(slice(0, limit))
 
 
+class _Augmented:
+    """Sec. 3.4's traditionally augmented slices, computed when read: slice ``j`` is real slice
+    ``src[j]`` under the transform ``transforms[j]``, drawn up front (so the set is fixed by its
+    seed and only ``n`` small matrices are held). ``images`` / ``labels`` are :class:`Rows` over
+    the two fields; the last slice computed is kept, so reading a slice's image then its label
+    warps once."""
+
+    def __init__(self, real: Pool, src: list[int], transforms: list[tuple[np.ndarray, np.ndarray]]):
+        self.real, self.src, self.transforms = real, src, transforms
+        self._last: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
+        m, h, w = real.images.shape[1:]
+        self.images = _Field(self, 0, (len(src), m, h, w), real.images.dtype)
+        self.labels = _Field(self, 1, (len(src), h, w), real.labels.dtype)
+
+    def get(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._last is None or self._last[0] != j:
+            i = self.src[j]
+            image = np.asarray(self.real.images[i], dtype=np.float32)
+            im, lab, _ = warp_slice(image, np.asarray(self.real.labels[i]), image.max(axis=0) > 0, *self.transforms[j])
+            self._last = (j, (im.astype(self.images.dtype), lab))
+        return self._last[1]
+
+
+class _Field:
+    def __init__(self, owner: _Augmented, k: int, shape: tuple[int, ...], dtype: Any):
+        self.owner, self.k, self.shape, self.dtype = owner, k, shape, np.dtype(dtype)
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        return self.owner.get(int(j))[self.k]
+
+
 def augmented_data(real: Pool, n: int, rng: np.random.Generator, config: LabelAugmentConfig) -> Pool:
-    """``n`` traditionally augmented slices (Sec. 3.4), each from a random real training slice."""
+    """``n`` traditionally augmented slices (Sec. 3.4), each from a random real training slice,
+    computed when read (:class:`_Augmented`; memory does not grow with ``n``)."""
     if n <= 0:
         return real.take(slice(0, 0))
-    imgs, labs, origin = [], [], []
+    src, transforms = [], []
+    shape = real.labels.shape[1:]
     for _ in range(n):
-        j = int(rng.integers(len(real)))
-        image = real.images[j].astype(np.float32)
-        im, lab, _ = augment_slice(image, real.labels[j], image.max(axis=0) > 0, rng, config)
-        imgs.append(im)
-        labs.append(lab)
-        origin.append(real.origin[j])
-    return Pool(np.stack(imgs).astype(real.images.dtype), np.stack(labs), origin)
+        src.append(int(rng.integers(len(real))))
+        transforms.append(random_label_affine(rng, shape, config))  # the draws augment_slice makes
+    aug = _Augmented(real, src, transforms)
+    rows = np.arange(n)
+    return Pool(Rows([(aug.images, rows)]), Rows([(aug.labels, rows)]), [real.origin[i] for i in src])
 
 
 # --------------------------------------------------------------------------- train / evaluate
