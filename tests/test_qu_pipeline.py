@@ -423,3 +423,19 @@ def test_dice_filter_needs_every_modality_and_the_set_gets_the_final_check(train
     assert qg.generate(trained, 2, dataset, tmp_path / "c", filter_mae=1.0, min_dice=0.95).record["final_check"]["passed"]
     rec = qg.generate(trained, 1, dataset, tmp_path / "d", filter_mae=1.0, min_dice=0.0).record
     assert rec["final_check"]["enabled"] is False  # an unfiltered set (Table 1) is not checked
+
+
+def test_segmenter_weights_that_do_not_fit_the_config_are_one_clear_error(trained, tmp_path):
+    import shutil
+
+    from medsyn.errors import CheckpointError
+    from medsyn.pipelines.qu import load_stage
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    cfg = run / "stages" / "segmenter" / "config.yaml"
+    text = cfg.read_text()
+    assert "segmenter_input: per-modality" in text
+    cfg.write_text(text.replace("segmenter_input: per-modality", "segmenter_input: multichannel"))
+    with pytest.raises(CheckpointError, match="do not fit the network.*segmenter_input: multichannel"):
+        load_stage(run, "segmenter")

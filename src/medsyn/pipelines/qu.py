@@ -320,7 +320,14 @@ def load_stage(run: str | Path, stage: str, device: str | torch.device = "cpu") 
     for name, net in method.networks.items():
         if name not in weights:
             raise CheckpointError(f"{stage_checkpoint(run, stage)}: no weights for network {name!r}")
-        net.load_state_dict(weights[name])
+        try:
+            net.load_state_dict(weights[name])
+        except RuntimeError as e:
+            hint = (" (a segmenter trained before one-per-modality became the default: add "
+                    "'segmenter_input: multichannel' under params in the stage's and the run's config.yaml)"
+                    if stage == "segmenter" else "")
+            raise CheckpointError(f"{stage_checkpoint(run, stage)}: the weights of {name!r} do not fit the network "
+                                  f"its config builds ({str(e).splitlines()[0][:120]}){hint}") from None
     method.to(torch.device(device))
     method.eval()
     return method
