@@ -4,8 +4,9 @@ with a synthesised contrast as with the real one?
 ``medsyn evaluate --segmenter RUN --pred COMPLETED --ref DATASET`` (:func:`segmenter_dice`): for
 every subject of ``COMPLETED`` (a folder of synthesised contrasts, any layout medsyn recognises,
 e.g. the output of ``medsyn predict RUN DATASET --missing``), segment the subject twice with the
-4-contrast lesion segmenter of a Qu et al. pipeline run (its ``segmenter`` stage: a MONAI 2D UNet on
-all contrasts as channels, medsyn.methods.qu2023.SliceSegmenter) — once with the reference's real
+4-contrast lesion segmenter of a Qu et al. pipeline run (its ``segmenter`` stage: one MONAI 2D UNet
+per contrast by default, whose class probabilities are averaged, or one on all contrasts as channels
+with ``params.segmenter_input: multichannel``; medsyn.methods.qu2023.build_segmenter) — once with the reference's real
 contrasts, once with the synthesised ones in place of the real — and report Dice against the
 reference label, per label and per BraTS region.
 
@@ -66,13 +67,15 @@ def segment_volume(model: torch.nn.Module, images: list[np.ndarray], brain: np.n
     """Contrasts (X, Y, Z) in native units (the segmenter's channel order) → class map (X, Y, Z), int16;
     0 outside ``slices`` and outside the brain."""
     from medsyn.data.qu_slices import fit_to_size, standardize_image
+    from medsyn.methods.qu2023 import segment_views
 
     out = np.zeros(brain.shape, np.int16)
     for k in slices:
         stack = np.stack([standardize_image(a[:, :, k], brain[:, :, k], clip) for a in images], axis=-1)
         fitted, off = fit_to_size(stack, slice_size)
         x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(fitted, -1, 0))[None]).to(device)
-        pred = model(x)[0].argmax(0).cpu().numpy().astype(np.int16)
+        views = segment_views(model, x)[0]  # (V, C, H, W): V = 1, or one view per contrast (per-modality segmenters)
+        pred = views.mean(0).argmax(0).cpu().numpy().astype(np.int16)  # per-modality: mean of the contrasts' probabilities
         out[:, :, k] = _unfit(pred, brain.shape[:2], off) * brain[:, :, k]
     return out
 
