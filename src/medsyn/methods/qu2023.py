@@ -111,7 +111,9 @@ class QuConfig:
     NUMERIC_BOUNDS: ClassVar[dict[str, Bound]] = {
         "beta": Bound(0, lo_open=True, note="Alg. 1 threshold"), "slice_range": Bound(0, note="mm from slice 0"),
         "label_scale": Bound(0, lo_open=True), "label_rotation_deg": Bound(-180, 180, note="degrees"),
-        "label_translation": Bound(0, 1, note="fraction of each side")}
+        "label_translation": Bound(0, 1, note="fraction of each side"),
+        "slice_holdout": Bound(0, 1, hi_open=True, note="share of a labelled subject's slices held out; 0 = off"),
+        "final_dice": Bound(0, 1, note="Sec. 2.8's check of the finished set")}
 
     # --- data (Sec. 3.2) ---
     modalities: list[str] = field(default_factory=lambda: ["t1n", "t1c", "t2w", "t2f"])  # BRATS2015: T1, T1c, T2, Flair
