@@ -1,35 +1,59 @@
-"""Time per training step of Nie et al.'s dual-D + attention: medsyn's step vs a straightforward one.
+"""Training step of Nie et al.'s dual-D + attention: time, efficiency against the machine's own
+peak, and memory churn — medsyn's step vs a straightforward one, and glibc's default allocator
+vs medsyn's setting (training/allocator.py), side by side in one run.
 
-    python benchmarks/train_step.py [--device cpu|cuda] [--amp] [--base 32] [--steps 5] [--batch 10]
+    python benchmarks/train_step.py                          # paper size: UNet base 64, batch 10, 144²
+    python benchmarks/train_step.py --threads 1 --base 32    # the issue's CPU-sized run, one thread
+    python benchmarks/train_step.py --device cuda --amp      # GPU: bf16 autocast, MFU
+    python benchmarks/train_step.py --allocator tuned --versions medsyn   # one row
 
-Both steps run the same networks (2.5D UNet G, WGAN-GP critic D1, dense-FCN D2), the same losses
-and the same algorithm (D1 and D2 on one mini-batch, then G on another — Sec. 2.3), on the same
-pre-generated batches in memory (5 × 144 × 144 → 1 × 144 × 144, batch 10). The straightforward
-version is what one writes first: G's forward for the D step keeps its graph and is detached,
-D2 runs twice in G's step (once for M, once for the adversarial term), the discriminators'
-weights accumulate gradients during G's step, every loss is read with ``.item()``, no AMP.
-medsyn's step (methods/nie2018.py) runs G under no_grad for the D step, freezes D during G's
-step, reuses D2's logits, keeps losses on the device, and uses bf16 autocast on CUDA with --amp.
-Prints seconds per step for both and the speed-up ratio (goal: ≥ 1.0× on CPU, ≥ 1.3× on GPU).
+Every row runs in its own process (its peak RSS, page faults and allocator setting are its own)
+on the same real mini-batches: 2.5D patches of the bundled BraTS sample (or ``--data ROOT``) cut
+by the engine's own sampler for ``configs/nie2018_brats_t1_t2.yaml``; same networks and initial
+weights (2.5D UNet G, WGAN-GP critic D1, dense-FCN D2) and the same algorithm (D1 and D2 on one
+mini-batch, then G on another — Sec. 2.3).
+
+Rows:
+
+* ``medsyn``: :meth:`medsyn.methods.nie2018.NieDualGAN.train_step` — G under no_grad for the D
+  step, D frozen during G's step, D2's logits reused, losses kept on the device, bf16 autocast on
+  CUDA with ``--amp``.
+* ``straightforward``: what one writes first — G's graph kept and detached for the D step, D2 run
+  twice in G's step, D's weights accumulating gradients during G's step, ``.item()`` per loss.
+* allocator ``default`` (``MEDSYN_MALLOC=default``: glibc as it comes, large blocks mmap'd and
+  unmapped on free) vs ``tuned`` (what ``medsyn train`` runs with).
+
+Per row: seconds per step (median of ``--steps`` after ``--warmup``), FLOPs per step
+(``torch.utils.flop_counter``, counted on the first warm-up step), achieved GFLOP/s and its share
+of the peak measured in the same process right after the steps (CPU: float32 2048² matmul and a
+large 3×3 convolution; CUDA: bf16 tensor-core matmul → MFU), minor page faults per step, the
+kernel's share of CPU time, and peak memory. A script, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
+import os
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
-from medsyn.losses.adversarial import gradient_penalty
-from medsyn.methods.base import Runtime
-from medsyn.methods.nie2018 import NieConfig, NieDualGAN
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "nie2018_brats_t1_t2.yaml"
+VERSIONS = ("medsyn", "straightforward")
+ALLOCATORS = ("default", "tuned")
 
 
-def straightforward_step(m: NieDualGAN, batches, i: int, log: list) -> int:
+def straightforward_step(m, batches, i: int, log: list) -> int:
+    """One step written plainly on ``batches`` (a list of ``(x, y)``); returns the next batch index."""
+    import torch
+    import torch.nn.functional as F
+
+    from medsyn.losses.adversarial import gradient_penalty
+
     cfg = m.cfg
     G, D1, D2 = m.networks["G"], m.networks["D1"], m.networks["D2"]
     o = m.optimizers
@@ -59,70 +83,176 @@ def straightforward_step(m: NieDualGAN, batches, i: int, log: list) -> int:
     return i + 2
 
 
-def medsyn_step(m: NieDualGAN, batches, i: int, log: list) -> int:
-    state = {"i": i}
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for medsyn's step (CUDA only)")
+    p.add_argument("--base", type=int, default=64, help="UNet base filters (paper: 64)")
+    p.add_argument("--batch", type=int, default=10)
+    p.add_argument("--patch", type=int, default=144)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per row")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the allocator settles in 1–2)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--data", default="sample", help="data.root: 'sample' (bundled BraTS cases) or a dataset folder")
+    p.add_argument("--versions", nargs="+", choices=VERSIONS, default=list(VERSIONS))
+    p.add_argument("--allocator", nargs="+", choices=ALLOCATORS, default=list(ALLOCATORS),
+                   help="rows per version: glibc's default malloc and/or medsyn's setting")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--worker", nargs=2, metavar=("VERSION", "ALLOCATOR"), help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def real_batches(args, device, n: int = 4):
+    """``n`` mini-batches of real 2.5D patches, cut by the engine's sampler for the paper config."""
+    from medsyn.cli.bench import make_sampler
+    from medsyn.config import load_config
+    from medsyn.data.pipeline import prepare_training_data
+
+    cfg = load_config(CONFIG, [f"data.root={args.data}", f"data.patch_size=[{args.patch},{args.patch}]",
+                               f"train.batch_size={args.batch}"])
+    data = prepare_training_data(cfg.data)
+    sampler = make_sampler(cfg, data, seed=0)
+    return [{k: v.to(device) for k, v in sampler.batch(args.batch).items()} for _ in range(n)]
+
+
+def worker(args) -> dict:
+    """One row in this process."""
+    from medsyn.training.allocator import keep_freed_memory
+
+    applied = keep_freed_memory()  # honours MEDSYN_MALLOC=default (set by the driver for that row)
+    import torch
+
+    from medsyn.cli.bench import _sync, churn_per_step, count_flops, cpu_counters, measure_peak
+    from medsyn.methods.base import Runtime
+    from medsyn.methods.nie2018 import NieConfig, NieDualGAN
+
+    version = args.worker[0]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    batches = real_batches(args, device)
+    pairs = [(b["source"], b["target"]) for b in batches]
+    torch.manual_seed(0)
+    m = NieDualGAN(NieConfig(base_filters=args.base), in_channels=pairs[0][0].shape[1],
+                   patch_size=(args.patch, args.patch)).to(device)
+    m.train()
+    amp = version == "medsyn" and args.amp and device.type == "cuda"
+    if amp:
+        m.runtime = Runtime(device, torch.bfloat16)
+    state = {"i": 0, "step": 0}
+    log: list = []
 
     def next_batch():
-        x, y = batches[state["i"] % len(batches)]
+        b = batches[state["i"] % len(batches)]
         state["i"] += 1
-        return {"source": x, "target": y}
+        return b
 
-    log.append(m.train_step(next_batch, i))
-    return state["i"]
+    def step() -> None:
+        if version == "medsyn":
+            state["step"] += 1
+            log.append(m.train_step(next_batch, state["step"]))
+        else:
+            state["i"] = straightforward_step(m, pairs, state["i"], log)
 
-
-def bench(kind: str, args, batches, device) -> dict:
-    torch.manual_seed(0)
-    cfg = NieConfig(base_filters=args.base)
-    m = NieDualGAN(cfg, in_channels=5, patch_size=(args.patch, args.patch)).to(device)
-    m.train()
-    if kind == "medsyn" and args.amp and device.type == "cuda":
-        m.runtime = Runtime(device, torch.bfloat16)
-    step = medsyn_step if kind == "medsyn" else straightforward_step
-    log: list = []
-    i = 0
-    for _ in range(args.warmup):
-        i = step(m, batches, i, log)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    flops = count_flops(step)  # the first warm-up step, counted
+    for _ in range(args.warmup - 1):
+        step()
+    _sync(device)
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    sync()
-    t0 = time.perf_counter()
+        torch.cuda.reset_peak_memory_stats(device)
+    c0 = cpu_counters()
+    times = []
     for _ in range(args.steps):
-        i = step(m, batches, i, log)
-    sync()
-    dt = (time.perf_counter() - t0) / args.steps
-    mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"s_per_step": dt, "peak_mem_gib": mem}
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    churn = churn_per_step(c0, cpu_counters(), args.steps)
+    peak = measure_peak(device)
+    import resource
+
+    res = {"version": version, "allocator": "tuned" if applied else "default", "seconds": times,
+           "flops_per_step": flops, "peak": peak, **churn, "amp": amp, "threads": torch.get_num_threads(),
+           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+           "params_m": {k: sum(p.numel() for p in n.parameters()) / 1e6 for k, n in m.networks.items()}}
+    if device.type == "cuda":
+        res["cuda_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        res["gpu"] = torch.cuda.get_device_name(device)
+    return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast for medsyn's step (CUDA only)")
-    ap.add_argument("--base", type=int, default=32, help="UNet base filters (paper config: 64)")
-    ap.add_argument("--batch", type=int, default=10)
-    ap.add_argument("--patch", type=int, default=144)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--json", default=None, help="also write the results here")
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    g = torch.Generator().manual_seed(0)
-    batches = [(torch.rand(args.batch, 5, args.patch, args.patch, generator=g).mul(2).sub(1).to(device),
-                torch.rand(args.batch, 1, args.patch, args.patch, generator=g).mul(2).sub(1).to(device)) for _ in range(4)]
-    res = {k: bench(k, args, batches, device) for k in ("straightforward", "medsyn")}
-    ratio = res["straightforward"]["s_per_step"] / res["medsyn"]["s_per_step"]
-    desc = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"device: {desc}; batch {args.batch} × 5×{args.patch}×{args.patch}, UNet base {args.base}, AMP {'bf16' if args.amp and device.type == 'cuda' else 'off'}")
-    print(f"{'':16s} {'s/step':>8s} {'peak mem GiB':>13s}")
-    for k, v in res.items():
-        print(f"{k:16s} {v['s_per_step']:8.3f} {v['peak_mem_gib']:13.2f}")
-    print(f"speed-up medsyn vs straightforward: {ratio:.2f}×")
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    sys.path.insert(0, str(ROOT / "src"))
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args)))
+        return 0
+    rows = []
+    for version in args.versions:
+        for alloc in args.allocator:
+            cmd = [sys.executable, __file__, "--worker", version, alloc, "--device", args.device, "--base", str(args.base),
+                   "--batch", str(args.batch), "--patch", str(args.patch), "--steps", str(args.steps),
+                   "--warmup", str(max(1, args.warmup)), "--data", args.data]
+            if args.amp:
+                cmd.append("--amp")
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+            env.pop("MEDSYN_MALLOC", None)
+            if alloc == "default":
+                env["MEDSYN_MALLOC"] = "default"
+            print(f"running {version} / allocator {alloc} …", flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                return 1
+            rows.append(json.loads(line[len("RESULT "):]))
+    report(args, rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": desc, "args": vars(args), "results": res, "ratio": ratio}, f, indent=1)
+            json.dump({"args": vars(args), "rows": rows, "load_1min": os.getloadavg()[0]}, f, indent=1)
+    return 0
+
+
+def report(args, rows: list[dict]) -> None:
+    r0 = rows[0]
+    cuda = args.device.startswith("cuda")
+    where = r0.get("gpu") or f"CPU, {r0['threads']} thread(s)"
+    pk = r0["peak"]
+    print()
+    print(f"Nie et al. dual-D + attention, one training step (D1 + D2 on one mini-batch, G on another): "
+          f"batch {args.batch} × 5×{args.patch}² real BraTS patches ({args.data}), UNet base {args.base}; parameters "
+          + ", ".join(f"{k} {v:.1f} M" for k, v in r0["params_m"].items()))
+    print(f"device: {args.device} ({where}); 1-min load average {os.getloadavg()[0]:.1f}; median of {args.steps} "
+          f"steps after {args.warmup} warm-up; peak measured in each row's process: {pk['dtype']} {pk['matmul']} "
+          f"and {pk['conv']}")
+    mem = "GPU peak GB" if cuda else "peak RSS GB"
+    ref = "matmul" if cuda else "conv"
+    print()
+    print(f"| version | allocator | AMP | s / step | GFLOP / step | GFLOP/s | peak {ref} GFLOP/s | % of peak "
+          f"| faults / step | kernel % of CPU | {mem} |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        s = statistics.median(r["seconds"])
+        rate = r["flops_per_step"] / s / 1e9
+        peak = r["peak"]["matmul_gflops" if cuda else "conv_gflops"]
+        print(f"| {r['version']} | {r['allocator']} | {'bf16' if r['amp'] else 'no'} | {s:.2f} | "
+              f"{r['flops_per_step'] / 1e9:.0f} | {rate:.1f} | {peak:.1f} | {100 * rate / peak:.0f} % | "
+              f"{r['faults_per_step']:,.0f} | {100 * r['kernel_share']:.1f} % | "
+              f"{r['cuda_peak_gb' if cuda else 'peak_rss_gb']:.2f} |")
+    by = {(r["version"], r["allocator"]): statistics.median(r["seconds"]) for r in rows}
+    print()
+    if ("medsyn", "default") in by and ("medsyn", "tuned") in by:
+        print(f"medsyn, allocator default / tuned: {by[('medsyn', 'default')] / by[('medsyn', 'tuned')]:.2f}× time")
+    for a in ALLOCATORS:
+        if ("medsyn", a) in by and ("straightforward", a) in by:
+            print(f"allocator {a}: straightforward / medsyn {by[('straightforward', a)] / by[('medsyn', a)]:.2f}× time")
+    if not cuda:
+        mm = ", ".join(f"{r['peak']['matmul_gflops']:.1f}" for r in rows)
+        print(f"(float32 matmul peak in the same processes, row by row: {mm} GFLOP/s)")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

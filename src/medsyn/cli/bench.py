@@ -75,6 +75,89 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# ------------------------------------------------------------------------- efficiency
+
+
+def cpu_counters() -> dict[str, float]:
+    """This process's user and kernel CPU seconds and minor page faults so far (all threads)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {"user_s": r.ru_utime, "sys_s": r.ru_stime, "minflt": float(r.ru_minflt)}
+
+
+def churn_per_step(before: dict[str, float], after: dict[str, float], steps: int) -> dict[str, float]:
+    """Minor page faults per step and the kernel's share of CPU time between two :func:`cpu_counters`.
+
+    Freshly mapped memory costs one minor fault per 4 KiB page touched and kernel time to zero it;
+    a step that reuses its memory has neither (training/allocator.py)."""
+    user, sys_ = after["user_s"] - before["user_s"], after["sys_s"] - before["sys_s"]
+    return {"faults_per_step": (after["minflt"] - before["minflt"]) / steps,
+            "kernel_share": sys_ / (user + sys_) if user + sys_ > 0 else 0.0,
+            "user_s_per_step": user / steps, "sys_s_per_step": sys_ / steps}
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Floating-point operations of one call of ``fn`` (forward, backward and double backward
+    convolutions and matrix products; ``torch.utils.flop_counter``, 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class _Global:  # count globally: FlopCounterMode's per-module hooks break torch.autograd.grad
+        parents = {"Global"}  # on a leaf (the gradient penalty) in torch 2.13
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    fc = FlopCounterMode(display=False)
+    fc.mod_tracker = _Global()
+    with fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
+def measure_peak(device: torch.device, *, repeat: int = 5) -> dict[str, Any]:
+    """The machine's own attainable rate, measured now (same threads, same load as the run).
+
+    CPU: float32 — a 2048² matrix product and a large 3×3 convolution (batch 8, 128 → 128
+    channels, 72² pixels: a mid-level layer of the paper's UNet). CUDA: bfloat16 on the tensor
+    cores — an 8192² product and the same convolution at batch 64, channels-last. Best of
+    ``repeat`` (the fastest run is the closest to the limit). GFLOP/s, 2 FLOPs per multiply-add.
+    """
+    import torch.nn.functional as F
+
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    n = 8192 if cuda else 2048
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    batch = 64 if cuda else 8
+    x = torch.randn(batch, 128, 72, 72, device=device, dtype=dtype, generator=g)
+    w = torch.randn(128, 128, 3, 3, device=device, dtype=dtype, generator=g)
+    if cuda:
+        x, w = x.to(memory_format=torch.channels_last), w.to(memory_format=torch.channels_last)
+
+    def best(fn: Callable[[], Any], flops: float) -> float:
+        fn()  # warm-up: kernels, allocator
+        _sync(device)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        return flops / min(times) / 1e9
+
+    with torch.no_grad():
+        mm = best(lambda: a @ b, 2.0 * n**3)
+        conv = best(lambda: F.conv2d(x, w, padding=1), 2.0 * batch * 128 * 128 * 9 * 72 * 72)
+    return {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "matmul_gflops": mm, "conv_gflops": conv,
+            "matmul": f"{n}x{n} @ {n}x{n}", "conv": f"3x3 conv, {batch}x128x72x72 -> 128 channels"}
+
+
 # -------------------------------------------------------------------------------------- data
 
 
@@ -205,6 +288,9 @@ def verdict(data_sps: float, model_sps: float) -> tuple[str, float]:
 def run_bench(cfg, *, device: torch.device, amp: bool, steps: int = 3, batches: int = 20,
               inference: bool = True, say: Callable[[str], None] = print) -> dict[str, Any]:
     """The short benchmark: data, train step, (inference); returns a JSON-ready dict."""
+    from medsyn.training.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the Trainer does: time the step the engine runs
     machine = machine_description(device)
     say(f"machine: {describe(machine)}")
     say(f"config: method {cfg.method}, batch {cfg.train.batch_size}, patch {list(cfg.data.patch_size)}, "

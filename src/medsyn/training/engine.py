@@ -13,6 +13,10 @@ share of each global batch with DDP-wrapped networks; only rank 0 writes. Per st
 agree (one small all-reduce) on the mean losses — what is logged and checked for NaN — and on
 whether a stop signal or the time budget was hit, so they always stop at the same step.
 
+Host memory: the Trainer tunes glibc's malloc once per process (training/allocator.py) so the
+large tensors a step frees are reused by the next step instead of being unmapped and re-mapped
+(page faults and kernel time); forked loader workers inherit the setting.
+
 Data: the training volumes are read, checked and normalised once per process at setup
 (:class:`~medsyn.data.pipeline.PreparedData`, padded once by the sampler) and sampled from
 memory; nothing re-reads NIfTI during training. With ``train.num_workers > 0`` patches are cut
@@ -50,6 +54,7 @@ from medsyn.data.sampling import PatchSampler25D
 from medsyn.errors import CheckpointError, ConfigError, DatasetError, MedsynError, OutputError
 from medsyn.methods import METHODS, Method, Runtime
 from medsyn.training import checkpoint as ckpt
+from medsyn.training.allocator import keep_freed_memory
 from medsyn.training.budget import check_patches_fit, check_step_fits
 from medsyn.training.progress import BarOrLines, duration, stamp
 from medsyn.training.distributed import SINGLE, DistContext, params_fingerprint, resolve_device  # noqa: F401
@@ -193,6 +198,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, out: str | Path, *, resume: bool = False, allow_config_change: bool = False,
                  console: Any = None, progress: bool = True, dist: DistContext | None = None):
+        keep_freed_memory()  # large tensors reused from the heap, not re-mapped every step (allocator.py)
         self.cfg, self.run = cfg, RunDir(out)
         self.resume, self.allow_config_change = resume, allow_config_change
         self.dist = dist or SINGLE
