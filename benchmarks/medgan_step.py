@@ -1,13 +1,16 @@
-"""MedGAN training step: seconds per step and peak memory, medsyn's step vs a straightforward one.
+"""MedGAN training step: time, efficiency against the machine's own peak, memory churn and peak
+memory — medsyn's step vs a straightforward one, glibc's default allocator vs medsyn's setting.
 
 One step = one iteration of MedGAN's Algorithm 1: N_G = 3 generator updates on one training pair,
 then one discriminator update. Paper size: CasNet of 6 U-blocks, 16×16 spectral-norm PatchGAN,
 VGG-19 style/content losses (random weights here: speed does not depend on them), batch 1,
-256×256.
+256×256. The training pair is real: a T1 → T2 axial slice of the bundled BraTS sample (or
+``--data ROOT``) cut by MedGAN's own whole-slice sampler (``configs/medgan_t1_t2.yaml``).
 
     python benchmarks/medgan_step.py                  # CPU, paper size (≈ 6 GB RSS per version)
     python benchmarks/medgan_step.py --quick          # CPU, 64×64, depth 6, 16 filters: seconds
     python benchmarks/medgan_step.py --device cuda    # GPU; medsyn's step with bf16 autocast (AMP)
+    python benchmarks/medgan_step.py --quick --versions medsyn --allocator default tuned  # churn before/after
 
 Versions (same networks, same initial weights, same batch):
 
@@ -19,9 +22,16 @@ Versions (same networks, same initial weights, same batch):
   in training mode, two D forwards in the D update, Adam updating one parameter tensor at a time
   (``foreach=False``), no AMP, ``.item()`` after every optimiser step.
 
-Each version runs in its own subprocess, so its peak memory (``ru_maxrss`` on CPU,
-``torch.cuda.max_memory_allocated`` on GPU) is its own. Prints both side by side and the ratio.
-This is a script, not a test: it never runs under pytest.
+Allocator rows (``--allocator``): ``default`` runs with ``MEDSYN_MALLOC=default`` (glibc as it
+comes: blocks over 32 MiB are mmap'd and unmapped on free, so each step re-faults them),
+``tuned`` with medsyn's setting (``medsyn.training.allocator``, what ``medsyn train`` uses).
+
+Each row runs in its own subprocess, so its peak memory (``ru_maxrss`` on CPU,
+``torch.cuda.max_memory_allocated`` on GPU), page faults and allocator are its own. Per row:
+seconds per step, FLOPs per step (``torch.utils.flop_counter``, counted on the warm-up step),
+GFLOP/s and its share of the peak measured in the same process (CPU: float32 matmul and 3×3
+conv; CUDA: bf16 tensor-core matmul → MFU), minor page faults per step, the kernel's share of CPU
+time. This is a script, not a test: it never runs under pytest.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = ("medsyn", "plain")
+ALLOCATORS = ("default", "tuned")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,6 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="run the versions alternately this many times (a busy machine's load drifts)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--versions", nargs="+", choices=VERSIONS, default=list(VERSIONS))
+    p.add_argument("--allocator", nargs="+", choices=ALLOCATORS, default=["tuned"],
+                   help="rows per version: glibc's default malloc and/or medsyn's setting (default: tuned)")
+    p.add_argument("--data", default="sample", help="data.root for the training pair: 'sample' or a dataset folder")
     p.add_argument("--worker", choices=VERSIONS, help=argparse.SUPPRESS)
     p.add_argument("--vgg", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -83,11 +97,20 @@ def _build(args):
     m.to(dev)
     amp = dev.type == "cuda" and not args.no_amp and args.worker == "medsyn"
     m.runtime = Runtime(dev, torch.bfloat16 if amp else None)
-    g = torch.Generator().manual_seed(1)
-    y = torch.rand(1, 1, args.size, args.size, generator=g) * 2 - 1
-    x = (0.6 * y + 0.3 * torch.rand(1, 1, args.size, args.size, generator=g)).clamp(-1, 1)
-    batch = {"source": y.to(dev), "target": x.to(dev), "mask": torch.ones_like(x, device=dev)}
+    batch = {k: v.to(dev) for k, v in real_pair(args).items()}
     return m, batch, amp
+
+
+def real_pair(args) -> dict:
+    """One T1 → T2 training pair (batch 1, args.size²) from MedGAN's whole-slice sampler."""
+    from medsyn.cli.bench import make_sampler
+    from medsyn.config import load_config
+    from medsyn.data.pipeline import prepare_training_data
+
+    cfg = load_config(ROOT / "configs" / "medgan_t1_t2.yaml",
+                      [f"data.root={getattr(args, 'data', 'sample')}", f"data.patch_size=[{args.size},{args.size}]"])
+    sampler = make_sampler(cfg, prepare_training_data(cfg.data), seed=1)
+    return sampler.batch(1)
 
 
 def plain_step(m, batch, opt_g, opt_d) -> list[float]:
@@ -131,7 +154,12 @@ def plain_step(m, batch, opt_g, opt_d) -> list[float]:
 
 
 def worker(args) -> dict:
+    from medsyn.training.allocator import keep_freed_memory
+
+    applied = keep_freed_memory()  # honours MEDSYN_MALLOC=default (set by the driver for that row)
     import torch
+
+    from medsyn.cli.bench import churn_per_step, count_flops, cpu_counters, measure_peak
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -153,18 +181,23 @@ def worker(args) -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    first = step()  # warm-up (loads the VGG, allocator, kernels)
+    first = []
+    flops = count_flops(lambda: first.append(step()))  # warm-up (loads the VGG, allocator, kernels), counted
+    first = first[0]
     sync()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = []
+    c0 = cpu_counters()
     for _ in range(args.steps):
         t0 = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - t0)
+    churn = churn_per_step(c0, cpu_counters(), args.steps)
     first_g = float(first["g/total"]) if isinstance(first, dict) else first[0]
-    res = {"version": args.worker, "seconds": times, "amp": amp, "first_g_loss": first_g,
+    res = {"version": args.worker, "allocator": "tuned" if applied else "default", "seconds": times, "amp": amp,
+           "first_g_loss": first_g, "flops_per_step": flops, "peak": measure_peak(dev), **churn,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "g_params_m": sum(p.numel() for p in m.networks["G"].parameters()) / 1e6,
            "threads": torch.get_num_threads()}
@@ -194,50 +227,69 @@ def main(argv=None) -> int:
         vgg = Path(tmp) / "vgg19_random.safetensors"
         torch.manual_seed(0)
         save_file({k: v.contiguous() for k, v in VGG19().state_dict().items()}, str(vgg))
-        results: dict[str, dict] = {}
+        results: dict[tuple[str, str], dict] = {}
         for rnd in range(args.rounds):
             for v in args.versions:
-                cmd = [sys.executable, __file__, "--worker", v, "--vgg", str(vgg), "--size", str(args.size),
-                       "--depth", str(args.depth), "--base", str(args.base), "--blocks", str(args.blocks),
-                       "--device", args.device, "--steps", str(args.steps)]
-                if args.no_amp:
-                    cmd.append("--no-amp")
-                if args.threads:
-                    cmd += ["--threads", str(args.threads)]
-                print(f"running {v} (round {rnd + 1} of {args.rounds}) …", flush=True)
-                proc = subprocess.run(cmd, capture_output=True, text=True,
-                                      env={**os.environ, "PYTHONWARNINGS": "ignore"})
-                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-                if proc.returncode != 0 or line is None:
-                    print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-                    return 1
-                r = json.loads(line[len("RESULT "):])
-                if v in results:  # pool the rounds: all step times, the largest peak
-                    r["seconds"] = results[v]["seconds"] + r["seconds"]
-                    for k in ("peak_rss_mb", "cuda_peak_mb"):
-                        if k in r:
-                            r[k] = max(r[k], results[v][k])
-                results[v] = r
+                for alloc in args.allocator:
+                    cmd = [sys.executable, __file__, "--worker", v, "--vgg", str(vgg), "--size", str(args.size),
+                           "--depth", str(args.depth), "--base", str(args.base), "--blocks", str(args.blocks),
+                           "--device", args.device, "--steps", str(args.steps), "--data", args.data]
+                    if args.no_amp:
+                        cmd.append("--no-amp")
+                    if args.threads:
+                        cmd += ["--threads", str(args.threads)]
+                    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+                    env.pop("MEDSYN_MALLOC", None)
+                    if alloc == "default":
+                        env["MEDSYN_MALLOC"] = "default"
+                    print(f"running {v} / allocator {alloc} (round {rnd + 1} of {args.rounds}) …", flush=True)
+                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                    if proc.returncode != 0 or line is None:
+                        print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                        return 1
+                    r = json.loads(line[len("RESULT "):])
+                    old = results.get((v, alloc))
+                    if old is not None:  # pool the rounds: all step times, the largest peak memory and faults
+                        r["seconds"] = old["seconds"] + r["seconds"]
+                        for k in ("peak_rss_mb", "cuda_peak_mb", "faults_per_step", "kernel_share"):
+                            if k in r:
+                                r[k] = max(r[k], old[k])
+                    results[(v, alloc)] = r
     any_r = next(iter(results.values()))
+    cuda = args.device.startswith("cuda")
+    pk = any_r["peak"]
     print()
     print(f"MedGAN training step (Alg. 1: 3 G updates + 1 D update): CasNet of {args.blocks} U-blocks "
           f"({any_r['g_params_m']:.1f} M parameters, depth {args.depth}, {args.base} filters), 16×16 PatchGAN + SN, "
-          f"VGG-19 style/content, batch 1, {args.size}×{args.size}")
+          f"VGG-19 style/content, batch 1, {args.size}×{args.size} real T1 → T2 slice ({args.data})")
     where = any_r.get("gpu") or f"CPU, {any_r['threads']} thread(s), load average {os.getloadavg()[0]:.1f}"
     print(f"device: {args.device} ({where}); median of {args.steps} steps × {args.rounds} round(s), "
-          "each after one warm-up step")
-    mem_key, mem_name = ("cuda_peak_mb", "peak GPU memory") if args.device.startswith("cuda") else ("peak_rss_mb", "peak RSS")
+          f"each after one warm-up step; peak measured in each row's process: {pk['dtype']} {pk['matmul']} and {pk['conv']}")
+    mem_key, mem_name = ("cuda_peak_mb", "peak GPU memory") if cuda else ("peak_rss_mb", "peak RSS")
+    ref = "matmul" if cuda else "conv"
     print()
-    print(f"| version | AMP | s / step | {mem_name} | G loss, 1st step |")
-    print("|---|---|---|---|---|")
-    for v, r in results.items():
-        print(f"| {v} | {'bf16' if r['amp'] else 'no'} | {statistics.median(r['seconds']):.3f} "
-              f"(min {min(r['seconds']):.3f}) | {r[mem_key] / 1024:.2f} GB | {r['first_g_loss']:.4f} |")
-    if {"medsyn", "plain"} <= set(results):
-        t = {v: statistics.median(results[v]["seconds"]) for v in ("medsyn", "plain")}
-        mem = {v: results[v][mem_key] for v in ("medsyn", "plain")}
-        print()
-        print(f"plain / medsyn: {t['plain'] / t['medsyn']:.2f}× time, {mem['plain'] / mem['medsyn']:.2f}× peak memory")
+    print(f"| version | allocator | AMP | s / step | GFLOP / step | GFLOP/s | peak {ref} GFLOP/s | % of peak "
+          f"| faults / step | kernel % of CPU | {mem_name} | G loss, 1st step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (v, alloc), r in results.items():
+        sec = statistics.median(r["seconds"])
+        rate = r["flops_per_step"] / sec / 1e9
+        peak = r["peak"]["matmul_gflops" if cuda else "conv_gflops"]
+        print(f"| {v} | {alloc} | {'bf16' if r['amp'] else 'no'} | {sec:.3f} (min {min(r['seconds']):.3f}) | "
+              f"{r['flops_per_step'] / 1e9:.0f} | {rate:.1f} | {peak:.1f} | {100 * rate / peak:.0f} % | "
+              f"{r['faults_per_step']:,.0f} | {100 * r['kernel_share']:.1f} % | {r[mem_key] / 1024:.2f} GB | "
+              f"{r['first_g_loss']:.4f} |")
+    t = {k: statistics.median(r["seconds"]) for k, r in results.items()}
+    print()
+    for alloc in args.allocator:
+        if ("medsyn", alloc) in t and ("plain", alloc) in t:
+            mem = {v: results[(v, alloc)][mem_key] for v in ("medsyn", "plain")}
+            print(f"allocator {alloc}: plain / medsyn {t[('plain', alloc)] / t[('medsyn', alloc)]:.2f}× time, "
+                  f"{mem['plain'] / mem['medsyn']:.2f}× peak memory")
+    for v in args.versions:
+        if (v, "default") in t and (v, "tuned") in t:
+            print(f"{v}: allocator default / tuned {t[(v, 'default')] / t[(v, 'tuned')]:.2f}× time")
     return 0
 
 
