@@ -39,12 +39,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,7 +156,7 @@ def worker(args) -> dict:
     applied = keep_freed_memory()  # honours MEDSYN_MALLOC=default (set by the driver for that row)
     import torch
 
-    from medsyn.cli.bench import churn_per_step, count_flops, cpu_counters, measure_peak
+    from medsyn.cli.bench import profile_steps
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -177,33 +174,14 @@ def worker(args) -> dict:
         def step():
             return plain_step(m, batch, opt_g, opt_d)
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    first = []
-    flops = count_flops(lambda: first.append(step()))  # warm-up (loads the VGG, allocator, kernels), counted
-    first = first[0]
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    times = []
-    c0 = cpu_counters()
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    churn = churn_per_step(c0, cpu_counters(), args.steps)
-    first_g = float(first["g/total"]) if isinstance(first, dict) else first[0]
-    res = {"version": args.worker, "allocator": "tuned" if applied else "default", "seconds": times, "amp": amp,
-           "first_g_loss": first_g, "flops_per_step": flops, "peak": measure_peak(dev), **churn,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "g_params_m": sum(p.numel() for p in m.networks["G"].parameters()) / 1e6,
+    r = profile_steps(step, dev, steps=args.steps)  # the warm-up step (loads the VGG) is FLOP-counted
+    first = r.pop("first")
+    res = {"version": args.worker, "allocator": "tuned" if applied else "default", "amp": amp,
+           "first_g_loss": float(first["g/total"]) if isinstance(first, dict) else first[0], **r,
+           "peak_rss_mb": r["peak_rss_gb"] * 1024, "g_params_m": sum(p.numel() for p in m.networks["G"].parameters()) / 1e6,
            "threads": torch.get_num_threads()}
-    if dev.type == "cuda":
-        res["cuda_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-        res["gpu"] = torch.cuda.get_device_name(dev)
+    if "cuda_peak_gb" in r:
+        res["cuda_peak_mb"] = r["cuda_peak_gb"] * 1024
     return res
 
 
@@ -222,6 +200,7 @@ def main(argv=None) -> int:
         import torch
         from safetensors.torch import save_file
 
+        from medsyn.cli.bench import run_worker
         from medsyn.models.vgg import VGG19
 
         vgg = Path(tmp) / "vgg19_random.safetensors"
@@ -238,17 +217,10 @@ def main(argv=None) -> int:
                         cmd.append("--no-amp")
                     if args.threads:
                         cmd += ["--threads", str(args.threads)]
-                    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-                    env.pop("MEDSYN_MALLOC", None)
-                    if alloc == "default":
-                        env["MEDSYN_MALLOC"] = "default"
                     print(f"running {v} / allocator {alloc} (round {rnd + 1} of {args.rounds}) …", flush=True)
-                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-                    if proc.returncode != 0 or line is None:
-                        print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                    r = run_worker(cmd, allocator=alloc)
+                    if r is None:
                         return 1
-                    r = json.loads(line[len("RESULT "):])
                     old = results.get((v, alloc))
                     if old is not None:  # pool the rounds: all step times, the largest peak memory and faults
                         r["seconds"] = old["seconds"] + r["seconds"]

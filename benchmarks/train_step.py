@@ -36,9 +36,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +121,7 @@ def worker(args) -> dict:
     applied = keep_freed_memory()  # honours MEDSYN_MALLOC=default (set by the driver for that row)
     import torch
 
-    from medsyn.cli.bench import _sync, churn_per_step, count_flops, cpu_counters, measure_peak
+    from medsyn.cli.bench import profile_steps
     from medsyn.methods.base import Runtime
     from medsyn.methods.nie2018 import NieConfig, NieDualGAN
 
@@ -155,30 +153,11 @@ def worker(args) -> dict:
         else:
             state["i"] = straightforward_step(m, pairs, state["i"], log)
 
-    flops = count_flops(step)  # the first warm-up step, counted
-    for _ in range(args.warmup - 1):
-        step()
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    c0 = cpu_counters()
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    churn = churn_per_step(c0, cpu_counters(), args.steps)
-    peak = measure_peak(device)
-    import resource
-
-    res = {"version": version, "allocator": "tuned" if applied else "default", "seconds": times,
-           "flops_per_step": flops, "peak": peak, **churn, "amp": amp, "threads": torch.get_num_threads(),
-           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-           "params_m": {k: sum(p.numel() for p in n.parameters()) / 1e6 for k, n in m.networks.items()}}
-    if device.type == "cuda":
-        res["cuda_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-        res["gpu"] = torch.cuda.get_device_name(device)
+    res = profile_steps(step, device, steps=args.steps, warmup=args.warmup)
+    res.pop("first")
+    res.update({"version": version, "allocator": "tuned" if applied else "default", "amp": amp,
+                "threads": torch.get_num_threads(),
+                "params_m": {k: sum(p.numel() for p in n.parameters()) / 1e6 for k, n in m.networks.items()}})
     return res
 
 
@@ -188,6 +167,8 @@ def main(argv=None) -> int:
     if args.worker:
         print("RESULT " + json.dumps(worker(args)))
         return 0
+    from medsyn.cli.bench import run_worker
+
     rows = []
     for version in args.versions:
         for alloc in args.allocator:
@@ -198,17 +179,11 @@ def main(argv=None) -> int:
                 cmd.append("--amp")
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
-            env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-            env.pop("MEDSYN_MALLOC", None)
-            if alloc == "default":
-                env["MEDSYN_MALLOC"] = "default"
             print(f"running {version} / allocator {alloc} …", flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+            row = run_worker(cmd, allocator=alloc)
+            if row is None:
                 return 1
-            rows.append(json.loads(line[len("RESULT "):]))
+            rows.append(row)
     report(args, rows)
     if args.json:
         with open(args.json, "w") as f:

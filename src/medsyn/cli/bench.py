@@ -158,6 +158,56 @@ def measure_peak(device: torch.device, *, repeat: int = 5) -> dict[str, Any]:
             "matmul": f"{n}x{n} @ {n}x{n}", "conv": f"3x3 conv, {batch}x128x72x72 -> 128 channels"}
 
 
+def profile_steps(step: Callable[[], Any], device: torch.device, *, steps: int, warmup: int = 1) -> dict[str, Any]:
+    """Warm up, then time ``steps`` calls of ``step`` (one training step each) on ``device``.
+
+    The first warm-up call is FLOP-counted; the timed calls give seconds, page faults and the
+    kernel's share (:func:`churn_per_step`); then the peak is measured in this process
+    (:func:`measure_peak`). ``"first"`` is what the first call returned."""
+    import resource
+
+    first: list[Any] = []
+    flops = count_flops(lambda: first.append(step()))
+    for _ in range(warmup - 1):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    c0 = cpu_counters()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    out = {"seconds": times, "flops_per_step": flops, **churn_per_step(c0, cpu_counters(), steps),
+           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "first": first[0]}
+    if device.type == "cuda":
+        out["cuda_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        out["gpu"] = torch.cuda.get_device_name(device)
+    out["peak"] = measure_peak(device)
+    return out
+
+
+def run_worker(cmd: list[str], *, allocator: str) -> dict[str, Any] | None:
+    """Run one benchmark row in a fresh process (its own memory, faults and allocator) and return
+    the JSON it prints after ``RESULT ``; ``allocator`` ``"default"`` sets ``MEDSYN_MALLOC=default``
+    (glibc as it comes), ``"tuned"`` medsyn's setting. None (output shown) if the worker failed."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("MEDSYN_MALLOC", None)
+    if allocator == "default":
+        env["MEDSYN_MALLOC"] = "default"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+        return None
+    return json.loads(line[len("RESULT "):])
+
+
 # -------------------------------------------------------------------------------------- data
 
 
