@@ -59,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="64×64, depth 6, 16 filters")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--no-amp", action="store_true", help="on CUDA: medsyn's step without bf16 autocast")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per version (after one warm-up step)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per version")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (the allocator settles in 1–3)")
     p.add_argument("--rounds", type=int, default=1,
                    help="run the versions alternately this many times (a busy machine's load drifts)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -174,7 +175,7 @@ def worker(args) -> dict:
         def step():
             return plain_step(m, batch, opt_g, opt_d)
 
-    r = profile_steps(step, dev, steps=args.steps)  # the warm-up step (loads the VGG) is FLOP-counted
+    r = profile_steps(step, dev, steps=args.steps, warmup=max(1, args.warmup))  # the warm-up step (loads the VGG) is FLOP-counted
     first = r.pop("first")
     res = {"version": args.worker, "allocator": "tuned" if applied else "default", "amp": amp,
            "first_g_loss": float(first["g/total"]) if isinstance(first, dict) else first[0], **r,
@@ -200,7 +201,7 @@ def main(argv=None) -> int:
         import torch
         from safetensors.torch import save_file
 
-        from medsyn.cli.bench import run_worker
+        from medsyn.cli.bench import EFFICIENCY_HEADER, efficiency_cells, run_worker
         from medsyn.models.vgg import VGG19
 
         vgg = Path(tmp) / "vgg19_random.safetensors"
@@ -212,7 +213,8 @@ def main(argv=None) -> int:
                 for alloc in args.allocator:
                     cmd = [sys.executable, __file__, "--worker", v, "--vgg", str(vgg), "--size", str(args.size),
                            "--depth", str(args.depth), "--base", str(args.base), "--blocks", str(args.blocks),
-                           "--device", args.device, "--steps", str(args.steps), "--data", args.data]
+                           "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                           "--data", args.data]
                     if args.no_amp:
                         cmd.append("--no-amp")
                     if args.threads:
@@ -224,7 +226,7 @@ def main(argv=None) -> int:
                     old = results.get((v, alloc))
                     if old is not None:  # pool the rounds: all step times, the largest peak memory and faults
                         r["seconds"] = old["seconds"] + r["seconds"]
-                        for k in ("peak_rss_mb", "cuda_peak_mb", "faults_per_step", "kernel_share"):
+                        for k in ("peak_rss_mb", "cuda_peak_mb", "peak_rss_gb", "cuda_peak_gb", "faults_per_step", "kernel_share"):
                             if k in r:
                                 r[k] = max(r[k], old[k])
                     results[(v, alloc)] = r
@@ -237,20 +239,14 @@ def main(argv=None) -> int:
           f"VGG-19 style/content, batch 1, {args.size}×{args.size} real T1 → T2 slice ({args.data})")
     where = any_r.get("gpu") or f"CPU, {any_r['threads']} thread(s), load average {os.getloadavg()[0]:.1f}"
     print(f"device: {args.device} ({where}); median of {args.steps} steps × {args.rounds} round(s), "
-          f"each after one warm-up step; peak measured in each row's process: {pk['dtype']} {pk['matmul']} and {pk['conv']}")
-    mem_key, mem_name = ("cuda_peak_mb", "peak GPU memory") if cuda else ("peak_rss_mb", "peak RSS")
-    ref = "matmul" if cuda else "conv"
+          f"each after {args.warmup} warm-up step(s); peak measured in each row's process: {pk['dtype']} {pk['matmul']} and {pk['conv']}")
+    mem_key = "cuda_peak_mb" if cuda else "peak_rss_mb"
+    head = EFFICIENCY_HEADER.format(ref="matmul" if cuda else "conv", mem="GPU peak" if cuda else "peak RSS")
     print()
-    print(f"| version | allocator | AMP | s / step | GFLOP / step | GFLOP/s | peak {ref} GFLOP/s | % of peak "
-          f"| faults / step | kernel % of CPU | {mem_name} | G loss, 1st step |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| version | allocator | AMP | {head} | G loss, 1st step |")
+    print("|---|---|---|" + "---|" * (head.count("|") + 2))
     for (v, alloc), r in results.items():
-        sec = statistics.median(r["seconds"])
-        rate = r["flops_per_step"] / sec / 1e9
-        peak = r["peak"]["matmul_gflops" if cuda else "conv_gflops"]
-        print(f"| {v} | {alloc} | {'bf16' if r['amp'] else 'no'} | {sec:.3f} (min {min(r['seconds']):.3f}) | "
-              f"{r['flops_per_step'] / 1e9:.0f} | {rate:.1f} | {peak:.1f} | {100 * rate / peak:.0f} % | "
-              f"{r['faults_per_step']:,.0f} | {100 * r['kernel_share']:.1f} % | {r[mem_key] / 1024:.2f} GB | "
+        print(f"| {v} | {alloc} | {'bf16' if r['amp'] else 'no'} | {efficiency_cells(r, cuda=cuda)} | "
               f"{r['first_g_loss']:.4f} |")
     t = {k: statistics.median(r["seconds"]) for k, r in results.items()}
     print()

@@ -192,6 +192,8 @@ def main(argv=None) -> int:
 
 
 def report(args, rows: list[dict]) -> None:
+    from medsyn.cli.bench import EFFICIENCY_HEADER, efficiency_cells
+
     r0 = rows[0]
     cuda = args.device.startswith("cuda")
     where = r0.get("gpu") or f"CPU, {r0['threads']} thread(s)"
@@ -203,20 +205,12 @@ def report(args, rows: list[dict]) -> None:
     print(f"device: {args.device} ({where}); 1-min load average {os.getloadavg()[0]:.1f}; median of {args.steps} "
           f"steps after {args.warmup} warm-up; peak measured in each row's process: {pk['dtype']} {pk['matmul']} "
           f"and {pk['conv']}")
-    mem = "GPU peak GB" if cuda else "peak RSS GB"
-    ref = "matmul" if cuda else "conv"
+    head = EFFICIENCY_HEADER.format(ref="matmul" if cuda else "conv", mem="GPU peak" if cuda else "peak RSS")
     print()
-    print(f"| version | allocator | AMP | s / step | GFLOP / step | GFLOP/s | peak {ref} GFLOP/s | % of peak "
-          f"| faults / step | kernel % of CPU | {mem} |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| version | allocator | AMP | {head} |")
+    print("|---|---|---|" + "---|" * (head.count("|") + 1))
     for r in rows:
-        s = statistics.median(r["seconds"])
-        rate = r["flops_per_step"] / s / 1e9
-        peak = r["peak"]["matmul_gflops" if cuda else "conv_gflops"]
-        print(f"| {r['version']} | {r['allocator']} | {'bf16' if r['amp'] else 'no'} | {s:.2f} | "
-              f"{r['flops_per_step'] / 1e9:.0f} | {rate:.1f} | {peak:.1f} | {100 * rate / peak:.0f} % | "
-              f"{r['faults_per_step']:,.0f} | {100 * r['kernel_share']:.1f} % | "
-              f"{r['cuda_peak_gb' if cuda else 'peak_rss_gb']:.2f} |")
+        print(f"| {r['version']} | {r['allocator']} | {'bf16' if r['amp'] else 'no'} | {efficiency_cells(r, cuda=cuda)} |")
     by = {(r["version"], r["allocator"]): statistics.median(r["seconds"]) for r in rows}
     print()
     if ("medsyn", "default") in by and ("medsyn", "tuned") in by:

@@ -189,6 +189,25 @@ def profile_steps(step: Callable[[], Any], device: torch.device, *, steps: int, 
     return out
 
 
+#: the efficiency columns of a step benchmark's table (see :func:`efficiency_cells`)
+EFFICIENCY_HEADER = ("s / step | GFLOP / step | GFLOP/s | peak {ref} GFLOP/s | % of peak | faults / step | "
+                     "kernel % of CPU | {mem} GB")
+
+
+def efficiency_cells(row: dict[str, Any], *, cuda: bool) -> str:
+    """One :func:`profile_steps` result as Markdown table cells under :data:`EFFICIENCY_HEADER`:
+    median s/step, GFLOP/step, achieved GFLOP/s, the peak (CUDA: bf16 matmul → MFU; CPU: float32
+    conv), the share of it, faults/step, kernel share, peak memory."""
+    import statistics
+
+    sec = statistics.median(row["seconds"])
+    rate = row["flops_per_step"] / sec / 1e9
+    peak = row["peak"]["matmul_gflops" if cuda else "conv_gflops"]
+    mem = row["cuda_peak_gb" if cuda else "peak_rss_gb"]
+    return (f"{sec:.2f} | {row['flops_per_step'] / 1e9:.0f} | {rate:.1f} | {peak:.1f} | {100 * rate / peak:.0f} % | "
+            f"{row['faults_per_step']:,.0f} | {100 * row['kernel_share']:.1f} % | {mem:.2f}")
+
+
 def run_worker(cmd: list[str], *, allocator: str) -> dict[str, Any] | None:
     """Run one benchmark row in a fresh process (its own memory, faults and allocator) and return
     the JSON it prints after ``RESULT ``; ``allocator`` ``"default"`` sets ``MEDSYN_MALLOC=default``
