@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
 
 # a "training step" in miniature: allocate and touch four large tensors (40–100 MiB, above glibc's
-# 32 MiB mmap ceiling), free them; minor page faults of the last five of ten steps
+# 32 MiB mmap ceiling), free them; minor page faults of the last ten of twenty steps
 PROBE = """
 import json, resource
 from medsyn.training.allocator import keep_freed_memory
@@ -26,12 +26,12 @@ applied = keep_freed_memory()
 assert keep_freed_memory() is applied  # idempotent
 import torch
 faults = []
-for step in range(10):
+for step in range(20):
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     ts = [torch.ones(mib * 2**18) for mib in (64, 40, 100, 64)]
     del ts
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-print(json.dumps({"applied": applied, "faults": sum(faults[5:])}))
+print(json.dumps({"applied": applied, "faults": sum(faults[10:])}))
 """
 STEP_PAGES = (64 + 40 + 100 + 64) * 256  # 4 KiB pages touched per step
 
@@ -47,14 +47,15 @@ def _probe(**env: str) -> dict:
 def test_tuned_allocator_reuses_large_blocks():
     tuned = _probe()
     assert set(tuned["applied"]) == {"M_MMAP_THRESHOLD", "M_TRIM_THRESHOLD"}
-    # after a few steps the heap holds the step's blocks: nothing is mapped again
-    assert tuned["faults"] < 0.02 * 5 * STEP_PAGES
+    # after a few steps the heap holds the step's blocks: (almost) nothing is mapped again — the
+    # heap may still grow once by a block, depending on what Python allocated in between
+    assert tuned["faults"] < 0.1 * 10 * STEP_PAGES
 
 
 def test_opt_out_keeps_glibc_default_which_refaults():
     default = _probe(MEDSYN_MALLOC="default")
     assert default["applied"] == {}
-    assert default["faults"] > 0.9 * 5 * STEP_PAGES  # every block mapped and faulted in again, every step
+    assert default["faults"] > 0.9 * 10 * STEP_PAGES  # every block mapped and faulted in again, every step
 
 
 def test_users_own_malloc_variables_win():
