@@ -130,6 +130,8 @@ def plain_step(m, batch, opt_g, opt_d) -> list[float]:
             _, fr = D(x, y, return_features=True)
             vx = vgg(x)
         vf = vgg(fake)
+        c = x.shape[1]  # Eq. 6's layer 0 is the image: the last channels of D's input concat(y, ·)
+        ff, fr = [ff[0][:, -c:], *ff[1:]], [fr[0][:, -c:], *fr[1:]]
         loss = (F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
                 + cfg.lambda_perceptual * perceptual_loss(ff, fr)
                 + cfg.lambda_style * style_loss(vf, vx, cfg.style_weights)
