@@ -321,3 +321,63 @@ def test_attention_loss_gives_no_gradient_to_d2():
     attention_loss(fake2, target, m, beta=2).backward()
     f = (1 - m.detach()) ** 2
     assert torch.allclose(fake2.grad, f * torch.sign(fake2 - target).detach() / fake2.numel())
+
+
+def test_attention_loss_mask_counts_only_masked_pixels():
+    pred = torch.tensor([[[[0.0, 1.0], [2.0, -1.0]]]])
+    target = torch.tensor([[[[1.0, 1.0], [0.0, 2.0]]]])  # |d| = 1, 0, 2, 3
+    conf = torch.tensor([[[[0.5, 0.0], [0.0, 0.5]]]])  # F = 0.25, 1, 1, 0.25 (β = 2)
+    mask = torch.tensor([[[[True, True], [False, True]]]])
+    assert attention_loss(pred, target, conf, beta=2.0, mask=mask).item() == pytest.approx((0.25 + 0 + 0.75) / 3)
+
+
+@pytest.mark.parametrize("method", ["nie-unet", "nie-dual-attention"])
+def test_foreground_loss_region_ignores_background_pixels(method):
+    """params.loss_region=foreground: the generator's reconstruction term sees only mask pixels —
+    changing the target outside the mask changes neither the loss nor G's gradient."""
+    from medsyn.methods import METHODS
+
+    spec = METHODS.get(method)
+
+    def run(target_outside: float, region: str) -> tuple[float, torch.Tensor]:
+        torch.manual_seed(0)
+        params = spec.make_params({"base_filters": 4, "depth": 2, "loss_region": region, "lr_g": 0.0,
+                                   "lr_d1": 0.0, "lr_d2": 0.0})  # D frozen: only the target differs
+        m = spec.build(params, in_channels=3, out_channels=1, patch_size=(16, 16))
+        g = torch.Generator().manual_seed(1)
+        x = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+        mask = torch.zeros(2, 1, 16, 16)
+        mask[:, :, 4:12, 4:12] = 1
+        y = torch.where(mask > 0, torch.rand(2, 1, 16, 16, generator=g), torch.full_like(mask, target_outside))
+        out = m.train_step(lambda: {"source": x, "target": y, "mask": mask}, 1)
+        rec = next(v for k, v in out.items() if k.startswith(("g/l1", "g/att_l1")))
+        return float(rec), m.networks["G"].head.weight.grad.clone()
+
+    a, ga = run(-1.0, "foreground")
+    b, gb = run(0.7, "foreground")
+    assert a == pytest.approx(b, abs=1e-6) and torch.allclose(ga, gb, atol=1e-6)
+    c, _ = run(0.7, "patch")  # the paper's Eq. 1 over the whole patch does see the background
+    assert abs(c - a) > 1e-3
+
+
+def test_warmup_steps_train_the_generator_alone_then_the_paper_step():
+    """params.warmup_steps=N: steps 1…N are Eq. 1 alone (D1, D2 untouched), from N + 1 on Eq. 9."""
+    from medsyn.methods import METHODS
+
+    spec = METHODS.get("nie-dual-attention")
+    torch.manual_seed(0)
+    m = spec.build(spec.make_params({"base_filters": 4, "depth": 2, "warmup_steps": 2}), in_channels=3,
+                   out_channels=1, patch_size=(16, 16))
+    batch = {"source": torch.rand(2, 3, 16, 16) * 2 - 1, "target": torch.rand(2, 1, 16, 16) * 2 - 1,
+             "mask": torch.ones(2, 1, 16, 16)}
+    d_before = {n: [p.detach().clone() for p in m.networks[n].parameters()] for n in ("D1", "D2")}
+    g_before = [p.detach().clone() for p in m.networks["G"].parameters()]
+    for step in (1, 2):
+        out = m.train_step(lambda: batch, step)
+        assert set(out) == {"g/l1", "g/total", "g/mae_batch"}
+    for n, ps in d_before.items():
+        assert all(torch.equal(a, b) for a, b in zip(ps, m.networks[n].parameters())), n
+    assert not all(torch.equal(a, b) for a, b in zip(g_before, m.networks["G"].parameters()))
+    out = m.train_step(lambda: batch, 3)
+    assert {"d1/wasserstein", "d1/gp", "d2/bce", "g/att_l1", "g/adv1", "g/adv2"} <= set(out)
+    assert not all(torch.equal(a, b) for a, b in zip(d_before["D1"], m.networks["D1"].parameters()))

@@ -62,6 +62,7 @@ def attention_loss(
     confidence: torch.Tensor,
     beta: float = DEFAULT_BETA,
     p: int = 1,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_AttG = mean(F * |Y - G(X)|^p), Nie et al. Eq. 7, with F = (1 - M)^beta (Eq. 8).
 
@@ -72,9 +73,11 @@ def attention_loss(
             detached here.
         beta: attention exponent (see the module docstring for the default).
         p: 1 or 2 (L1 or L2).
+        mask: optional boolean (B, 1, H, W): only these pixels count, the mean is over them
+            (e.g. the brain, so background pixels do not dilute the loss).
 
     Returns:
-        A scalar: the mean over all elements (not normalised by the sum of F). With M = 0 it
-        equals :func:`~medsyn.losses.reconstruction.lp_loss`.
+        A scalar: the mean over all (masked) elements (not normalised by the sum of F). With
+        M = 0 it equals :func:`~medsyn.losses.reconstruction.lp_loss`.
     """
-    return lp_loss(pred, target, p=p, weight=difficulty_weight(confidence, beta))
+    return lp_loss(pred, target, p=p, weight=difficulty_weight(confidence, beta), mask=mask)

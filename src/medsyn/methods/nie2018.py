@@ -64,6 +64,9 @@ class NieConfig:
     # 0 = off (the 2018 method has none)
     lambda_gdl: float = 0.0
     bce_reduction: Literal["mean", "sum"] = "mean"  # (choice) Eq. 5 sums over pixels
+    # (choice) pixels of Eq. 1/7: "patch" = all (the paper); "foreground" = the source mask only
+    # (background is filled in at inference anyway) — docs/nie2018.md, "Small-data configuration"
+    loss_region: Literal["patch", "foreground"] = "patch"
     # --- optimisation (Sec. 2.5) ---
     lr_g: float = 5e-3
     lr_d1: float = 1e-4
@@ -73,6 +76,10 @@ class NieConfig:
     lr_decay_every: int = 2  # epochs
     adam_betas: list[float] | None = None  # (choice) None → (0.5, 0.999), the usual GAN setting
     n_critic: int = 1  # D updates per G update (Sec. 2.3: alternating)
+    # (choice, not in the paper) the first N generator updates use the reconstruction term alone
+    # (Eq. 1; D1, D2 neither trained nor used), then Eq. 9 as written: 0 = the paper.
+    # Generator pre-training as in SRGAN; for short CPU budgets, docs/nie2018.md
+    warmup_steps: int = 0
 
     def validate(self, prefix: str = "params") -> None:
         if self.p not in (1, 2):
@@ -84,6 +91,8 @@ class NieConfig:
         if self.attention and not self.use_d2:
             raise ConfigError(f"config key '{prefix}.attention': the attention loss needs the local "
                               f"discriminator D2 (set {prefix}.use_d2=true or {prefix}.attention=false)")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"config key '{prefix}.warmup_steps': got {self.warmup_steps}, expected ≥ 0")
         if self.n_critic < 1 or self.lr_decay_every < 1 or self.base_filters < 1 or self.depth < 1:
             raise ConfigError(f"config section '{prefix}': n_critic, lr_decay_every, base_filters and depth must be ≥ 1")
         if self.adam_betas is not None and len(self.adam_betas) != 2:
@@ -127,16 +136,19 @@ class NieDualGAN(Method):
     def train_step(self, next_batch: Callable[[], Batch], step: int) -> dict[str, torch.Tensor]:
         cfg, rt, out = self.cfg, self.runtime, {}
         G = self.net("G")
+        adversarial = step > cfg.warmup_steps  # after the (optional) reconstruction-only warm-up
+        use_d1, use_d2 = cfg.use_d1 and adversarial, cfg.use_d2 and adversarial
+        attention = cfg.attention and adversarial
 
         # 1) discriminators on one mini-batch (Sec. 2.3): real targets vs G's outputs
-        if cfg.use_d1 or cfg.use_d2:
+        if use_d1 or use_d2:
             for _ in range(cfg.n_critic):
                 b = next_batch()
                 x, y = b["source"], b["target"]
                 with torch.no_grad(), rt.autocast():
                     fake = G(x).float()  # no graph into G: D's step never reaches the generator
                 real_in, fake_in = self._d_input(x, y), self._d_input(x, fake)
-                if cfg.use_d1:
+                if use_d1:
                     D1 = self.net("D1")
                     if cfg.d1_loss == "wgan-gp":
                         with rt.autocast():
@@ -157,7 +169,7 @@ class NieDualGAN(Method):
                     self.optimizers["D1"].zero_grad(set_to_none=True)
                     loss_d1.backward()
                     self.optimizers["D1"].step()
-                if cfg.use_d2:
+                if use_d2:
                     D2 = self.net("D2")
                     with rt.autocast():
                         l_real = D2(real_in, return_logits=True).float()
@@ -171,27 +183,28 @@ class NieDualGAN(Method):
         # 2) generator on another mini-batch (Sec. 2.3), Eq. 9
         b = next_batch()
         x, y = b["source"], b["target"]
+        region = b["mask"] > 0.5 if cfg.loss_region == "foreground" else None  # which pixels Eq. 1/7 cover
         ds = [self.networks[n] for n in ("D1", "D2") if n in self.networks]
         with frozen(*ds):
             with rt.autocast():
                 fake = G(x).float()
             loss_g = torch.zeros((), device=fake.device)
-            if cfg.attention:
+            if attention:
                 with rt.autocast():
                     logits = self._confidence_logits(x, fake).float()
                 confidence = torch.sigmoid(logits).detach()  # M, Eq. 8: no gradient through M
-                rec = attention_loss(fake, y, confidence, beta=cfg.beta, p=cfg.p)  # Eq. 7
+                rec = attention_loss(fake, y, confidence, beta=cfg.beta, p=cfg.p, mask=region)  # Eq. 7
                 out["g/att_l%d" % cfg.p] = rec.detach()
                 out["d2/confidence_fake"] = confidence.mean()
             else:
-                rec = lp_loss(fake, y, p=cfg.p)  # Eq. 1
+                rec = lp_loss(fake, y, p=cfg.p, mask=region)  # Eq. 1
                 out["g/l%d" % cfg.p] = rec.detach()
             loss_g = loss_g + rec
             if cfg.lambda_gdl > 0:  # sGAN [15]: sharper edges through matching image gradients
                 gdl = gradient_difference_loss(fake, y)
                 loss_g = loss_g + cfg.lambda_gdl * gdl
                 out["g/gdl"] = gdl.detach()
-            if cfg.use_d1:
+            if use_d1:
                 with rt.autocast():
                     d_fake = self.net("D1")(self._d_input(x, fake)).float()
                 if cfg.d1_loss == "wgan-gp":
@@ -200,8 +213,8 @@ class NieDualGAN(Method):
                     adv1 = bce_map_loss(d_fake, True, reduction="mean")
                 loss_g = loss_g + cfg.lambda1 * adv1
                 out["g/adv1"] = adv1.detach()
-            if cfg.use_d2:
-                if cfg.attention:
+            if use_d2:
+                if attention:
                     adv_logits = logits
                 else:
                     with rt.autocast():
