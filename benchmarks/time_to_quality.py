@@ -260,7 +260,7 @@ def main() -> None:
     for r in results:
         rows.append(r)
         m, p = r["medsyn"], r["plain"]
-        print(f"{config} ({r['method']}, base {r['base']}, patch {r['patch']}) {' '.join(a.set)}")
+        print(f"{r['config']} ({r['method']}, base {r['base']}, patch {r['patch']}) {' '.join(a.set)}")
         for side, v in (("medsyn", m), ("plain", p)):
             print(f"  {side:7s} steps {v['steps']!s:>6}  brain PSNR {v['psnr_brain']:6.2f} dB  "
                   f"tumour PSNR {v.get('psnr_tumour', float('nan')):6.2f} dB")

@@ -232,3 +232,20 @@ def test_resolved_config_round_trip(tmp_path):
 def test_every_registered_method_resolves_and_round_trips(name):
     cfg = load_config(None, [f"method={name}"])
     assert build_config(to_dict(cfg)) == cfg
+
+
+def test_small_configs_change_only_documented_keys_and_the_demo_follows_them():
+    """configs/nie2018_*_small.yaml extend the paper configs; the demo uses the same small-data
+    settings (a smaller generator aside), so the two cannot drift apart."""
+    from medsyn.cli.demo import demo_config
+
+    paper, small = load_config("configs/nie2018_brats_t1_t2.yaml"), load_config("configs/nie2018_brats_t1_t2_small.yaml")
+    assert small.method == paper.method == "nie-dual-attention"
+    assert load_config("configs/nie2018_unet_small.yaml").method == "nie-unet"
+    changed = {k for k in set(paper.params) | set(small.params) if paper.params.get(k) != small.params.get(k)}
+    assert changed == {"base_filters", "lr_g", "loss_region", "warmup_steps"}
+    demo = build_config(demo_config(1.0, "cpu", 1))
+    assert {k: v for k, v in demo.params.items() if k != "base_filters"} == \
+        {k: v for k, v in small.params.items() if k != "base_filters"}
+    assert demo.data.patch_size == small.data.patch_size
+    assert demo.data.patches_per_subject == small.data.patches_per_subject
