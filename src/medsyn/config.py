@@ -196,6 +196,7 @@ BOUND_RULES: list[tuple[str, Bound]] = [
     ("*seed", NON_NEGATIVE),
     ("log_every", Bound(1, note="log every N steps")),
     ("*_every", Bound(0, note="every N steps; 0 switches it off")),
+    ("warmup_steps", NON_NEGATIVE),  # reconstruction-only generator updates first; 0 = the paper's step
     ("minutes", Bound(0, lo_open=True, note="a time budget in minutes; leave it out for no budget")),
     ("max_steps", Bound(1, note="generator updates; leave it out to train train.epochs epochs")),
     ("*epochs", AT_LEAST_1),
