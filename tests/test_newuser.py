@@ -453,7 +453,9 @@ def test_demo_says_what_was_trained():
 
     cfg = build_config(demo_config(3.0, "cpu", None))
     text = what_was_trained(cfg, 16, 185.0, "minutes")
-    assert "trained on ONE subject (BraTS-MET-00110-000) for 16 of 40000 planned steps (0.04 %, 3 min 5 s" in text
+    planned = cfg.train.epochs * -(-cfg.data.patches_per_subject // cfg.train.batch_size)  # one training subject
+    assert f"trained on ONE subject (BraTS-MET-00110-000) for 16 of {planned} planned steps (" in text
+    assert f"{100 * 16 / planned:.2g} %, 3 min 5 s" in text
     assert "stopped by the time budget" in text and "held-out BraTS-GLI-00000-000" in text
     assert "fully trained demo model on this pair" in text
 
@@ -491,5 +493,8 @@ def test_demo_counts_the_full_schedule_even_when_capped():
     from medsyn.cli.demo import demo_config, what_was_trained
 
     cfg = build_config(demo_config(3.0, "cpu", 3))
-    assert "for 3 of 40000 planned steps (0.0075 %, 1 min 2 s, stopped by max_steps)" in what_was_trained(cfg, 3, 62.0, "max_steps")
-    assert "for 20000 of 40000 planned steps (50 %," in what_was_trained(cfg, 20000, 62.0, "minutes")
+    assert cfg.train.max_steps == 3  # the cap; the planned schedule stays the configured one
+    planned = cfg.train.epochs * -(-cfg.data.patches_per_subject // cfg.train.batch_size)  # one training subject
+    assert (f"for 3 of {planned} planned steps ({100 * 3 / planned:.2g} %, 1 min 2 s, stopped by max_steps)"
+            in what_was_trained(cfg, 3, 62.0, "max_steps"))
+    assert f"for {planned // 2} of {planned} planned steps (50 %," in what_was_trained(cfg, planned // 2, 62.0, "minutes")
