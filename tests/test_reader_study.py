@@ -300,7 +300,8 @@ def test_two_readers_complete_the_study_in_headless_chromium(browser, tmp_path, 
                 for step in range(N_TRIALS):
                     if reader == "bob" and step == 3:  # bob stops, comes back later and resumes
                         chrome.load(f"{srv.url}/r/{tk[reader]}")
-                    _wait(chrome, f"document.querySelector('#count').textContent.startsWith('{step} /')"
+                    _wait(chrome, f"document.body.dataset.position === '{step}'"
+                                  f" && document.querySelector('#count').textContent.startsWith('{step} /')"
                                   " && document.querySelectorAll('.card img').length === 3"
                                   " && Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
                     cards = chrome.evaluate("Array.from(document.querySelectorAll('.card')).map(c => c.dataset.image)")

@@ -69,6 +69,11 @@ def read_state_dict(path: str | Path, *, key: str, how: str, needed_by: str) -> 
         else:
             sd = torch_load_plain(p)
     except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # no refused object: bytes that are not a pickle of tensors at all
+            m = re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
+            why = m.group(1).strip() if m else str(e).splitlines()[0]
+            raise ConfigError(f"{key}: {p}: cannot read weights ({why[:200]}); the file may be "
+                              f"truncated or not a weights file; {how}") from None
         raise ConfigError(f"{key}: {p}: refused to load: {refused_pickle_reason(e)} (unpickling it could run code); "
                           f"{how}") from None
     except Exception as e:  # noqa: BLE001 - corrupt zip/pickle, refused pickle globals, SafetensorError …

@@ -19,13 +19,16 @@ function showProgress() {
 }
 
 async function loadState() {
-  st = await getJSON(api("state"));
+  const s = await getJSON(api("state"));
+  const next = s.next < s.n_trials ? await getJSON(api(`trial/${s.next}`)) : null;
+  st = s;  // state, progress and trial change together: the page never shows one without the other
   $("title").textContent = st.title;
   showProgress();
-  if (st.next >= st.n_trials) { $("trial").style.display = "none"; $("done").style.display = "block"; return; }
-  cur = await getJSON(api(`trial/${st.next}`));
+  if (next === null) { $("trial").style.display = "none"; $("done").style.display = "block"; return; }
+  cur = next;
   ratings = {}; choice = null; focus = 0; shownAt = performance.now();
   render();
+  document.body.dataset.position = String(st.next);  // which trial is on screen (for scripted readers)
 }
 
 function render() {
