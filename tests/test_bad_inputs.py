@@ -220,8 +220,12 @@ def _disk_full_checkpoint(e, case, run, tmp_path, monkeypatch, sub):
 
 
 def _disk_full_run_folder(e, case, run, tmp_path, monkeypatch, sub):
-    def fsync(fd):
-        raise enospc()
+    real_fsync = os.fsync
+
+    def fsync(fd):  # the run folder's disk is full (the preprocessed cache lives elsewhere)
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(case / "run")):
+            raise enospc()
+        return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
 

@@ -79,6 +79,10 @@ class DataConfig:
     augment: bool = False
     normalization: dict[str, NormConfig] = field(default_factory=dict)  # per modality
     resample: bool = False  # resample modalities onto the first source's grid if they differ
+    # preprocessed cache (docs/scaling.md): None → $MEDSYN_CACHE/preprocessed or ~/.cache/medsyn/preprocessed
+    cache_dir: str | None = None
+    cache_margin: int = 16  # voxels kept around the foreground's bounding box
+    cache_workers: int = 2  # processes building the cache
 
 
 @dataclass
@@ -100,6 +104,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     validate: bool = True
     val_metric: str = "psnr"  # metric used to keep the best checkpoint
+    val_slices: int = 64  # validation slices, spread over the val subjects' foreground (0: every slice)
     num_workers: int = 0  # loader processes cutting patches ahead (per training process); results do not change
 
 
@@ -203,6 +208,8 @@ BOUND_RULES: list[tuple[str, Bound]] = [
     ("patch_size", Bound(8, note="pixels")), ("slice_size", Bound(8, note="pixels")),
     ("overlap", UNIT_OPEN),
     ("num_workers", NON_NEGATIVE), ("*_padding", NON_NEGATIVE), ("*res_units", NON_NEGATIVE),
+    ("cache_margin", Bound(0, note="voxels around the foreground")), ("cache_workers", NON_NEGATIVE),
+    ("val_slices", Bound(0, note="0: every foreground slice")),
     ("n_classes", Bound(2, note="background + lesion classes")),
     ("p", Bound(1, note="1 = L1, 2 = L2")),
     ("beta", NON_NEGATIVE), ("pan_margin", NON_NEGATIVE),

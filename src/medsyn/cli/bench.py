@@ -325,19 +325,19 @@ def measure_model(cfg, sampler, device: torch.device, *, amp: bool, steps: int =
 
 
 def measure_inference(cfg, method, data, device: torch.device) -> dict[str, Any] | None:
-    """One full volume (the first training subject) through the sliding window, in network range."""
+    """One volume (the first training subject, cropped as cached) through the sliding window, in network range."""
     from medsyn.inference.predict import predict_case_arrays
     from medsyn.methods import METHODS
 
     spec = METHODS.get(cfg.method, key="method")
     if not data.train or not spec.predicts_volumes:
         return None
-    case = data.train[0]
+    source = data.train[0].canonical_source()  # the cached (cropped) volume
     k = cfg.data.context_slices if spec.sample_kind == "2.5d" else 1
     t0 = time.perf_counter()
-    predict_case_arrays(method, case.source, cfg, device, context=k)
+    predict_case_arrays(method, source, cfg, device, context=k)
     _sync(device)
-    return {"seconds": time.perf_counter() - t0, "shape": list(case.source.shape)}
+    return {"seconds": time.perf_counter() - t0, "shape": list(source.shape)}
 
 
 def verdict(data_sps: float, model_sps: float) -> tuple[str, float]:

@@ -151,6 +151,22 @@ def train(
 
 # ------------------------------------------------------------------------------------------------
 @app.command()
+def preprocess(
+    config: Optional[Path] = typer.Argument(None, help="YAML config whose data a training would read (omitted: the defaults)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key: --set data.cache_dir=/scratch/cache (repeatable)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes building the cache (default data.cache_workers)."),
+) -> None:
+    """Build the preprocessed cache of CONFIG's training and validation subjects (what the first
+    `medsyn train` does), checking every entry's checksum and rebuilding damaged or stale ones."""
+    from medsyn.config import load_config
+    from medsyn.data.cache import preprocess_dataset
+
+    cache, metas = preprocess_dataset(load_config(config, list(set_)).data, workers=workers, log=console.print)
+    console.print(f"[green]{len(metas)} subject(s) ready[/] in {cache.dir}")
+
+
+# ------------------------------------------------------------------------------------------------
+@app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="A run folder made by `medsyn train`."),
     inputs: list[Path] = typer.Argument(..., help="Subject folder(s), a dataset folder, or single image files."),

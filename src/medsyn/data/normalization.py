@@ -48,7 +48,7 @@ def _masked(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 class Normalizer:
-    """Base class. Subclasses implement fit_values (statistics from voxels), forward and inverse."""
+    """Base class. Subclasses implement fit_distribution (statistics), forward and inverse."""
 
     kind = "base"
     per_image = True
@@ -58,7 +58,13 @@ class Normalizer:
         self.fit_values(vals)
         return self
 
-    def fit_values(self, vals: np.ndarray) -> None:  # pragma: no cover - interface
+    def fit_values(self, vals: np.ndarray) -> None:
+        self.fit_distribution(ExactDistribution(vals))
+
+    def fit_distribution(self, dist: Any) -> None:  # pragma: no cover - interface
+        """Learn the statistics from a distribution: ``dist.percentile(q)``, ``dist.mean``,
+        ``dist.std`` — exact voxels (:class:`ExactDistribution`) or merged per-case histograms
+        (:class:`medsyn.data.cache.MergedHistogram`), so the fit never needs every voxel at once."""
         raise NotImplementedError
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -82,6 +88,24 @@ class Normalizer:
         return obj
 
 
+class ExactDistribution:
+    """The distribution of the voxels ``vals`` themselves (what a normaliser fits in memory)."""
+
+    def __init__(self, vals: np.ndarray):
+        self.vals = vals
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.vals, q))
+
+    @property
+    def mean(self) -> float:
+        return float(self.vals.mean())
+
+    @property
+    def std(self) -> float:
+        return float(self.vals.std())
+
+
 @NORMALIZERS.register("window")
 @dataclass
 class WindowNorm(Normalizer):
@@ -95,7 +119,7 @@ class WindowNorm(Normalizer):
     def fit(self, images, masks):  # nothing to learn
         return self
 
-    def fit_values(self, vals):
+    def fit_distribution(self, dist):
         pass
 
     def forward(self, x):
@@ -118,8 +142,8 @@ class PercentileNorm(Normalizer):
     hi: float = 1.0
     kind = "percentile"
 
-    def fit_values(self, vals):
-        self.lo, self.hi = (float(v) for v in np.percentile(vals, [self.lower, self.upper]))
+    def fit_distribution(self, dist):
+        self.lo, self.hi = float(dist.percentile(self.lower)), float(dist.percentile(self.upper))
         if self.hi <= self.lo:
             self.hi = self.lo + 1.0
 
@@ -142,9 +166,9 @@ class ZScoreNorm(Normalizer):
     std: float = 1.0
     kind = "zscore"
 
-    def fit_values(self, vals):
-        self.mean = float(vals.mean())
-        self.std = float(vals.std()) or 1.0
+    def fit_distribution(self, dist):
+        self.mean = float(dist.mean)
+        self.std = float(dist.std) or 1.0
 
     def forward(self, x):
         z = (np.asarray(x, dtype=np.float32) - self.mean) / self.std

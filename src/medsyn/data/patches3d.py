@@ -13,13 +13,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsyn.data.sampling import NormalizedCase, draw_centre
+from medsyn.data.sampling import SliceMajor, cut, draw_centre
 
 
 class PatchSampler3D:
-    """Random (x, y, m) patches: x (M, px, py, pz) sources, y (1, px, py, pz) target, m the mask."""
+    """Random (x, y, m) patches: x (M, px, py, pz) sources, y (1, px, py, pz) target, m the mask.
 
-    def __init__(self, cases: list[NormalizedCase], *, patch_size: tuple[int, int, int] = (64, 64, 64),
+    ``cases``: :class:`~medsyn.data.sampling.NormalizedCase` (memory) or :class:`medsyn.data.cache.CachedCase`
+    (memory-mapped, slice-major; patches are cut in that layout and transposed back to X, Y, Z).
+    """
+
+    def __init__(self, cases: list[Any], *, patch_size: tuple[int, int, int] = (64, 64, 64),
                  foreground_fraction: float = 0.9, label_fraction: float = 0.0, seed: int = 0):
         if not cases:
             raise ValueError("PatchSampler3D needs at least one case")
@@ -30,15 +34,13 @@ class PatchSampler3D:
         self.rng = np.random.default_rng(seed)
         self._cases = [self._prepare(c) for c in cases]
 
-    def _prepare(self, c: NormalizedCase) -> dict[str, Any]:
-        pad = [(s // 2 + 1, s // 2 + 1) for s in self.p]
-        fill = c.source.reshape(c.source.shape[0], -1).min(axis=1)
-        src = np.stack([np.pad(c.source[m], pad, constant_values=fill[m]) for m in range(c.source.shape[0])])
-        tgt = np.pad(c.target, pad, constant_values=float(c.target.min())) if c.target is not None else None
-        return {"src": src.astype(np.float32), "tgt": None if tgt is None else tgt.astype(np.float32),
-                "mask": np.pad(c.mask, pad, constant_values=False), "fg": np.argwhere(c.mask),
-                "lab": np.argwhere(c.label > 0) if c.label is not None else np.zeros((0, 3), np.int64),
-                "shape": c.mask.shape, "pad": [p[0] for p in pad]}
+    def _prepare(self, c: Any) -> dict[str, Any]:
+        """The case in its stored layout (canonical for memory, slice-major for the cache) and
+        the permutation back to canonical (X, Y, Z); nothing is copied or padded here."""
+        perm = tuple(getattr(c, "layout", (0, 1, 2)))
+        v = c.slice_major(perm[0])  # in memory: (X, Y, Z) itself, planes along X (argwhere's order)
+        return {"view": v, "perm": perm, "shape": v.mask.shape, "fg": v.fg, "lab": v.lab,
+                "size": tuple(self.p[a] for a in perm), "back": tuple(int(i) for i in np.argsort(perm))}
 
     def _centre(self, c: dict[str, Any]) -> tuple[int, ...]:
         return draw_centre(self.rng, c["lab"], c["fg"], c["shape"], self.lab_frac, self.fg_frac)
@@ -46,12 +48,18 @@ class PatchSampler3D:
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c = self._cases[int(self.rng.integers(len(self._cases)))]
         centre = self._centre(c)
-        lo = [centre[i] + c["pad"][i] - self.p[i] // 2 for i in range(3)]
-        sl = tuple(slice(lo[i], lo[i] + self.p[i]) for i in range(3))
-        x = c["src"][(slice(None),) + sl]
-        y = c["tgt"][sl][None] if c["tgt"] is not None else np.zeros((1,) + self.p, np.float32)
-        m = c["mask"][sl][None].astype(np.float32)
-        return np.ascontiguousarray(x), np.ascontiguousarray(y), m
+        v: SliceMajor = c["view"]
+        size = c["size"]
+        lo = tuple(int(centre[i]) - size[i] // 2 for i in range(3))
+        back = c["back"]
+        x = np.transpose(cut(v.src, lo, size, v.src_fill), (0, *[b + 1 for b in back]))
+        if v.tgt is not None:
+            y = cut(v.tgt, lo, size, v.tgt_fill)
+            y = np.transpose(v.tgt_forward(y) if v.tgt_forward is not None else y, back)[None]
+        else:
+            y = np.zeros((1,) + self.p, np.float32)
+        m = np.transpose(cut(v.mask, lo, size, False), back)[None]
+        return np.ascontiguousarray(x), np.ascontiguousarray(y, dtype=np.float32), np.ascontiguousarray(m)
 
     def batch(self, n: int) -> dict[str, torch.Tensor]:
         """{"source": (n, M, px, py, pz), "target": (n, 1, ...), "mask": (n, 1, ...)}."""
@@ -64,3 +72,4 @@ class PatchSampler3D:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
+

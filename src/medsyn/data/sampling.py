@@ -17,7 +17,7 @@ sample ``i``:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ def draw_centre(rng: np.random.Generator, label_points: np.ndarray, fg_points: n
 
 @dataclass
 class NormalizedCase:
-    """A case in network range, on its canonical grid.
+    """A case in network range, on its canonical grid (in memory).
 
     source: (M, X, Y, Z) float32, M source modalities in ``DataConfig.source`` order, ≈[-1, 1].
     target: (X, Y, Z) float32 ≈[-1, 1], or None. mask: bool (X, Y, Z). label: int (X, Y, Z) or None.
@@ -55,9 +55,90 @@ class NormalizedCase:
     mask: np.ndarray
     label: np.ndarray | None = None
 
+    def slice_major(self, slice_axis: int) -> "SliceMajor":
+        """Views with the slice axis first (no copy)."""
+        ax = slice_axis
+        order = (ax, *[a for a in range(3) if a != ax])
+        src = np.transpose(self.source, (0, *[o + 1 for o in order]))
+        mask = np.transpose(self.mask, order)
+        tgt = np.transpose(self.target, order) if self.target is not None else None
+        lab = np.transpose(self.label, order) if self.label is not None else None
+        return SliceMajor(self.id, src, src.reshape(src.shape[0], -1).min(axis=1).astype(np.float32), tgt,
+                          float(tgt.min()) if tgt is not None else 0.0, None, mask,
+                          plane_points(mask.reshape(mask.shape[0], -1).sum(1), lambda s: mask[s]),
+                          plane_points((lab > 0).reshape(lab.shape[0], -1).sum(1), lambda s: lab[s] > 0)
+                          if lab is not None else plane_points(np.zeros(mask.shape[0], np.int64), None))
+
+
+class PlanePoints:
+    """The voxels of a boolean volume, in C order of its (S, A, B) layout, without listing them:
+    ``points[k]`` is the k-th one — what ``np.argwhere(volume)[k]`` is — found from the per-plane
+    counts and one plane. Memory: one integer per plane (an argwhere list of a brain mask would
+    take ~30 MB per case). ``shape`` is ``(n, 3)`` like argwhere's, for :func:`draw_centre`.
+    """
+
+    def __init__(self, counts: np.ndarray, plane: Callable[[int], np.ndarray] | None):
+        self.cum = np.cumsum(np.asarray(counts, dtype=np.int64))
+        self.plane = plane
+        n = int(self.cum[-1]) if self.cum.size else 0
+        self.shape = (n, 3)
+
+    def __getitem__(self, k: int) -> tuple[int, int, int]:
+        k = int(k)
+        s = int(np.searchsorted(self.cum, k, side="right"))
+        r = k - (int(self.cum[s - 1]) if s else 0)
+        p = np.asarray(self.plane(s))
+        a, b = divmod(int(np.flatnonzero(p)[r]), p.shape[1])
+        return s, a, b
+
+
+def plane_points(counts: np.ndarray, plane: Callable[[int], np.ndarray] | None) -> PlanePoints:
+    return PlanePoints(counts, plane)
+
+
+@dataclass
+class SliceMajor:
+    """What a sampler reads from a case, slice axis first (views of memory or of memory maps).
+
+    src (M, S, A, B) network range; src_fill (M,) padding value per modality (its minimum).
+    tgt (S, A, B) or None, with padding value ``tgt_fill``; ``tgt_forward`` maps a target patch
+    to network range (None: already there). mask (S, A, B) bool. fg/lab: the mask's and the
+    lesion's voxels as :class:`PlanePoints` (coordinates (s, a, b)).
+    """
+
+    id: str
+    src: np.ndarray
+    src_fill: np.ndarray
+    tgt: np.ndarray | None
+    tgt_fill: float
+    tgt_forward: Callable[[np.ndarray], np.ndarray] | None
+    mask: np.ndarray
+    fg: PlanePoints
+    lab: PlanePoints
+
+
+def cut(array: np.ndarray, starts: tuple[int, ...], sizes: tuple[int, ...], fill: Any, dtype=np.float32) -> np.ndarray:
+    """``array[..., s0:s0+n0, s1:s1+n1, ...]`` over its last ``len(starts)`` axes, as a new array of
+    ``dtype``; the part beyond the array's edges is ``fill`` (a scalar, or one value per index of
+    the first axis). Only the window is read (a memory map stays on disk)."""
+    lead = array.shape[: array.ndim - len(starts)]
+    out = np.empty(lead + tuple(sizes), dtype)
+    fill = np.asarray(fill, dtype=dtype)
+    out[...] = fill.reshape(fill.shape + (1,) * (out.ndim - fill.ndim))  # one value per first index
+    src, dst = [], []
+    for st, n, dim in zip(starts, sizes, array.shape[len(lead):]):
+        lo, hi = max(st, 0), min(st + n, dim)
+        if lo >= hi:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - st, hi - st))
+    out[(Ellipsis, *dst)] = array[(Ellipsis, *src)]
+    return out
+
 
 class PatchSampler25D:
-    """Random 2.5D training patches from a list of cases.
+    """Random 2.5D training patches from a list of cases (:class:`NormalizedCase` in memory, or
+    :class:`medsyn.data.cache.CachedCase` memory-mapped from the preprocessed cache).
 
     A sample is ``(x, y, m)``: x (M·k, ph, pw) — k adjacent slices of each source modality,
     channel m·k + j is modality m at slice offset j − k//2 —, y (1, ph, pw) the target's centre
@@ -99,6 +180,7 @@ class PatchSampler25D:
         self.rng = self._generator(0)
         self.shard(rank, world_size)
         self._cases = [self._prepare(c) for c in cases]
+        self.n_src = int(self._cases[0]["view"].src.shape[0])
 
     def shard(self, rank: int, world_size: int) -> None:
         """Draw rank ``rank``'s share of every global batch of ``world_size`` processes."""
@@ -110,26 +192,11 @@ class PatchSampler25D:
         """The generator of sample ``index``: a function of (seed, index) only."""
         return np.random.default_rng(np.random.SeedSequence([self.seed & 0xFFFF_FFFF_FFFF_FFFF, int(index)]))
 
-    def _prepare(self, c: NormalizedCase) -> dict[str, Any]:
-        ax = self.axis
-        order = [a for a in range(3) if a != ax] + [ax]  # (in-plane A, in-plane B, slice)
-        src = np.transpose(c.source, [0] + [a + 1 for a in order])
-        tgt = np.transpose(c.target, order) if c.target is not None else None
-        mask = np.transpose(c.mask, order)
-        r = self.k // 2
-        pa, pb = self.ph // 2 + 1, self.pw // 2 + 1
-        fill = src.reshape(src.shape[0], -1).min(axis=1)
-        padded = np.empty((src.shape[0], src.shape[1] + 2 * pa, src.shape[2] + 2 * pb, src.shape[3] + 2 * r), np.float32)
-        for m in range(src.shape[0]):
-            padded[m] = np.pad(np.pad(src[m], ((0, 0), (0, 0), (r, r)), mode="edge"),
-                               ((pa, pa), (pb, pb), (0, 0)), constant_values=fill[m])
-        tfill = float(tgt.min()) if tgt is not None else 0.0
-        tpad = np.pad(tgt, ((pa, pa), (pb, pb), (0, 0)), constant_values=tfill).astype(np.float32) if tgt is not None else None
-        mpad = np.pad(mask, ((pa, pa), (pb, pb), (0, 0)), constant_values=False)
-        fg = np.argwhere(mask)
-        lab = np.argwhere(np.transpose(c.label, order) > 0) if c.label is not None else np.zeros((0, 3), np.int64)
-        return {"id": c.id, "src": padded, "tgt": tpad, "mask": mpad, "fg": fg, "lab": lab,
-                "shape": mask.shape, "pad": (pa, pb, r)}
+    def _prepare(self, c: Any) -> dict[str, Any]:
+        """The case's slice-major view (nothing copied: padding is done per patch)."""
+        v = c.slice_major(self.axis)
+        s, a, b = v.mask.shape
+        return {"id": v.id, "view": v, "fg": _Reordered(v.fg), "lab": _Reordered(v.lab), "shape": (a, b, s)}
 
     # ------------------------------------------------------------------------------------------
     def _centre(self, c: dict[str, Any]) -> tuple[int, int, int]:
@@ -143,18 +210,43 @@ class PatchSampler25D:
 
     def sample_at(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sample number ``index`` of the run; a pure function of (seed, index)."""
+        x = np.empty((self.n_src * self.k, self.ph, self.pw), np.float32)
+        y = np.empty((1, self.ph, self.pw), np.float32)
+        m = np.empty((1, self.ph, self.pw), np.float32)
+        self._sample_into(index, x, y, m)
+        return x, y, m
+
+    def _sample_into(self, index: int, x: np.ndarray, y: np.ndarray, m: np.ndarray) -> None:
+        """Write sample ``index`` into x (M·k, ph, pw), y and m (1, ph, pw): only the patch's
+        window of the case is read; what lies beyond the case is padded here."""
         self.rng = self._generator(index)
         c = self._cases[int(self.rng.integers(len(self._cases)))]
         a, b, s = self._centre(c)
-        pa, pb, r = c["pad"]
-        a0, b0 = a + pa - self.ph // 2, b + pb - self.pw // 2
-        x = c["src"][:, a0:a0 + self.ph, b0:b0 + self.pw, s:s + self.k]  # slice s..s+k-1 = s-r..s+r
-        x = np.ascontiguousarray(np.moveaxis(x, 3, 1)).reshape(-1, self.ph, self.pw)  # (M·k, ph, pw)
-        y = c["tgt"][a0:a0 + self.ph, b0:b0 + self.pw, s][None] if c["tgt"] is not None else np.zeros((1, self.ph, self.pw), np.float32)
-        m = c["mask"][a0:a0 + self.ph, b0:b0 + self.pw, s][None].astype(np.float32)
+        v: SliceMajor = c["view"]
+        n_slices, size_a, size_b = v.mask.shape
+        a0, b0, r = a - self.ph // 2, b - self.pw // 2, self.k // 2
+        a_lo, a_hi, b_lo, b_hi = max(a0, 0), min(a0 + self.ph, size_a), max(b0, 0), min(b0 + self.pw, size_b)
+        inside = a_lo == a0 and b_lo == b0 and a_hi == a0 + self.ph and b_hi == b0 + self.pw
+        win = (slice(a_lo, a_hi), slice(b_lo, b_hi))
+        dst = (slice(a_lo - a0, a_hi - a0), slice(b_lo - b0, b_hi - b0))
+        xs = x.reshape(self.n_src, self.k, self.ph, self.pw)  # channel m·k + j: modality m, slice s + j − r
+        if not inside:
+            xs[...] = v.src_fill[:, None, None, None]
+            y[...] = v.tgt_fill
+            m[...] = 0.0
+        if a_lo < a_hi and b_lo < b_hi:
+            for j in range(self.k):  # first/last slices: replicated
+                xs[(slice(None), j, *dst)] = v.src[(slice(None), min(max(s + j - r, 0), n_slices - 1), *win)]
+            if v.tgt is not None:
+                y[(0, *dst)] = v.tgt[(s, *win)]
+            m[(0, *dst)] = v.mask[(s, *win)]
+        if v.tgt is None:
+            y[...] = 0.0
+        elif v.tgt_forward is not None:
+            y[...] = v.tgt_forward(y)
         if self.augment:
-            x, y, m = self._augment(x, y, m)
-        return x.astype(np.float32), np.ascontiguousarray(y, dtype=np.float32), m
+            xa, ya, ma = self._augment(x, y, m)
+            x[...], y[...], m[...] = xa, ya, ma
 
     def _augment(self, x, y, m):
         """Same flip and small rotation/scale for source, target and mask; intensity on source."""
@@ -178,9 +270,12 @@ class PatchSampler25D:
         """This rank's share of the global batch that starts at sample ``position``; no state change
         (what a data-loader worker computes ahead of time)."""
         first = position + self.rank * n
-        xs, ys, ms = zip(*(self.sample_at(first + j) for j in range(n)))
-        return {"source": torch.from_numpy(np.stack(xs)), "target": torch.from_numpy(np.stack(ys)),
-                "mask": torch.from_numpy(np.stack(ms))}
+        x = np.empty((n, self.n_src * self.k, self.ph, self.pw), np.float32)
+        y = np.empty((n, 1, self.ph, self.pw), np.float32)
+        m = np.empty((n, 1, self.ph, self.pw), np.float32)
+        for j in range(n):
+            self._sample_into(first + j, x[j], y[j], m[j])
+        return {"source": torch.from_numpy(x), "target": torch.from_numpy(y), "mask": torch.from_numpy(m)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "position": self.position}
@@ -190,6 +285,17 @@ class PatchSampler25D:
             raise ValueError("sampler state from an older medsyn (a single random stream); "
                              "it cannot be continued exactly")
         self.seed, self.position = int(state["seed"]), int(state["position"])
+
+
+class _Reordered:
+    """PlanePoints whose items are (a, b, s) — the 2.5D sampler's (in-plane A, B, slice) order."""
+
+    def __init__(self, points: PlanePoints):
+        self.points, self.shape = points, points.shape
+
+    def __getitem__(self, k: int) -> tuple[int, int, int]:
+        s, a, b = self.points[k]
+        return a, b, s
 
 
 def _small_affine(rng: np.random.Generator, arrays: list[np.ndarray]) -> list[np.ndarray]:

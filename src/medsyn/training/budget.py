@@ -44,12 +44,13 @@ def check_patch_fits_data(cases: list[Any], patch_size: list[int], slice_axis: s
     """ConfigError when a patch side is more than ``MAX_PATCH_TO_SLICE`` × that side of every
     training slice (a little padding is normal: patch sides are multiples of the network's stride).
 
-    cases: :class:`~medsyn.data.sampling.NormalizedCase` list (mask (X, Y, Z) on the canonical grid).
+    cases: :class:`~medsyn.data.sampling.NormalizedCase` (mask (X, Y, Z) on the canonical grid) or
+    :class:`~medsyn.data.cache.CachedCase` (its cropped shape in X, Y, Z: what patches are cut from).
     """
     if not cases:
         return
     axes = [a for a in range(3) if a != AXES[slice_axis]]
-    largest = [max(c.mask.shape[a] for c in cases) for a in axes]
+    largest = [max(getattr(c, "canonical_shape", c.mask.shape)[a] for c in cases) for a in axes]
     if any(p > MAX_PATCH_TO_SLICE * s for p, s in zip(patch_size, largest)):
         raise ConfigError(
             f"config key 'data.patch_size': {patch_size[0]}×{patch_size[1]} is more than {MAX_PATCH_TO_SLICE}× the "

@@ -17,10 +17,11 @@ Host memory: the Trainer tunes glibc's malloc once per process (training/allocat
 large tensors a step frees are reused by the next step instead of being unmapped and re-mapped
 (page faults and kernel time); forked loader workers inherit the setting.
 
-Data: the training volumes are read, checked and normalised once per process at setup
-(:class:`~medsyn.data.pipeline.PreparedData`, padded once by the sampler) and sampled from
-memory; nothing re-reads NIfTI during training. With ``train.num_workers > 0`` patches are cut
-in forked loader workers that share those arrays; sample ``i`` of the run is a function of
+Data: the training and validation subjects are read, checked, normalised and cropped once into
+the preprocessed cache (:mod:`medsyn.data.cache`; built by the first run, reused by the next) and
+memory-mapped by the sampler, which cuts and pads each patch on its own — memory does not grow
+with the dataset; nothing re-reads NIfTI during training. With ``train.num_workers > 0`` patches
+are cut in forked loader workers reading the same files; sample ``i`` of the run is a function of
 (seed, i) only, so batches — and resumed runs — are identical for any number of workers.
 
 Precision: ``train.amp`` runs the methods' forward passes under bf16 autocast on CUDA (ignored
@@ -50,8 +51,8 @@ from medsyn.config import RunConfig, config_hash, diff_configs, method_params, t
 from medsyn.data.dataset import split_notes
 from medsyn.data.normalization import NormalizationState
 from medsyn.data.pipeline import PreparedData, prepare_training_data
-from medsyn.data.sampling import PatchSampler25D
-from medsyn.errors import CheckpointError, ConfigError, DatasetError, MedsynError, OutputError
+from medsyn.data.sampling import AXES, PatchSampler25D
+from medsyn.errors import CheckpointError, ConfigError, MedsynError, OutputError
 from medsyn.methods import METHODS, Method, Runtime
 from medsyn.training import checkpoint as ckpt
 from medsyn.training.allocator import keep_freed_memory
@@ -62,7 +63,7 @@ from medsyn.training.run_dir import RunDir, provenance
 
 #: config keys that may change on resume without --allow-config-change (budgets; loader workers,
 #: which do not change a single sample)
-RESUME_FREE_KEYS = {"max_steps", "minutes", "epochs", "num_workers"}
+RESUME_FREE_KEYS = {"max_steps", "minutes", "epochs", "num_workers", "cache_dir", "cache_workers"}
 
 
 class TrainingDiverged(MedsynError):
@@ -246,7 +247,7 @@ class Trainer:
         norm = None
         if self.resume:
             norm = dist.agree(lambda: NormalizationState.from_dict(self.run.read_json("normalization.json")))
-        self.data: PreparedData = dist.agree(lambda: self._prepare_data(norm))
+        self.data: PreparedData = self._prepare_data(norm)
         check_patches_fit(cfg, self.spec, self.data.train)
         d = cfg.data
         n_src = len(d.source)
@@ -283,20 +284,10 @@ class Trainer:
             self._log(f"train.num_workers: {type(self.sampler).__name__} draws batches in order; loading in this process")
 
     def _prepare_data(self, norm: NormalizationState | None) -> PreparedData:
-        """Read, check and normalise the training/validation volumes once (kept in memory)."""
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, by file
-            data = prepare_training_data(self.cfg.data, norm)
-        d = self.cfg.data
-        for nc in [*data.train, *data.val]:
-            files = data.dataset.subjects[nc.id].files
-            arrays = [(m, nc.source[i]) for i, m in enumerate(d.source)]
-            if nc.target is not None:
-                arrays.append((d.target, nc.target))
-            for m, a in arrays:
-                if not np.isfinite(a).all():
-                    raise DatasetError(f"{files.get(m, nc.id)}: values do not fit float32 after normalisation "
-                                       "(magnitudes beyond ~3e38); rescale the image or store it in its real units")
-        return data
+        """The training/validation subjects from the preprocessed cache (built when missing;
+        a user error on any rank is raised on every rank)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by file
+            return prepare_training_data(self.cfg.data, norm, dist=self.dist, log=self._log)
 
     def _make_sampler(self) -> Any:
         """The training sampler, sharded for this rank."""
@@ -645,7 +636,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        """Full-volume prediction of every validation subject; metrics in the target's units.
+        """Prediction of a fixed set of validation slices (``train.val_slices``); metrics in the
+        target's units.
 
         Rank 0 validates; every rank then takes part in the checkpoint of a new best."""
         summary = self.dist.agree(self._validate_main)
@@ -665,20 +657,27 @@ class Trainer:
         return self.best is None or (value < self.best["value"] if metric == "mae" else value > self.best["value"])
 
     def _validate_main(self) -> dict[str, float] | None:
+        """``train.val_slices`` fixed slices of the validation subjects, read from the cache and
+        predicted with the inference sliding window; metrics in the target's units inside the mask,
+        per subject (data range: the subject's full target range in the mask), then averaged."""
         if not self.dist.is_main:
             return None
+        from medsyn.data.cache import validation_slices
         from medsyn.inference.predict import predict_case_arrays
-        from medsyn.metrics import data_range_of, mae, psnr, ssim
+        from medsyn.metrics import mae, psnr, ssim
 
         results = []
         tn = self.data.norm.target_normalizer()
-        for raw, nc in zip(self.data.val_raw, self.data.val):
-            pred_n, _ = predict_case_arrays(self.method, nc.source, self.cfg, self.device, context=self.context)
-            pred = tn.inverse(pred_n)
-            ref = raw.target.array.astype(np.float32)
-            dr = data_range_of(ref, raw.mask)
-            results.append({"mae": mae(pred, ref, mask=raw.mask), "psnr": psnr(pred, ref, data_range=dr, mask=raw.mask),
-                            "ssim": ssim(pred, ref, data_range=dr, mask=raw.mask)})
+        ax = AXES[self.cfg.data.slice_axis]
+        for case, slices in validation_slices(self.data.val, self.cfg.train.val_slices):
+            x = np.moveaxis(case.stacks(slices, self.context), 1, 1 + ax)  # slices along the slice axis
+            pred_n, _ = predict_case_arrays(self.method, x, self.cfg, self.device, context=1)
+            pred = np.moveaxis(tn.inverse(np.moveaxis(pred_n, ax, 0)), 0, -1)  # (A, B, n)
+            ref = np.moveaxis(np.asarray(case.target[slices], dtype=np.float32), 0, -1)
+            mask = np.moveaxis(np.asarray(case.mask[slices]), 0, -1)
+            dr = case.meta["target_range_in_mask"] or 1.0
+            results.append({"mae": mae(pred, ref, mask=mask), "psnr": psnr(pred, ref, data_range=dr, mask=mask),
+                            "ssim": ssim(pred, ref, data_range=dr, mask=mask)})
         self.method.train()
         summary = {f"val/{k}": float(np.mean([r[k] for r in results])) for k in results[0]}
         self.run.append_metrics({"step": self.step, "epoch": self.epoch, **summary})
