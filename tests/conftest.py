@@ -108,3 +108,14 @@ def tiny_dataset(tmp_path: Path) -> Callable[..., Path]:
 def sample() -> Path:
     """The bundled two-subject BraTS sample (read-only: never write into it)."""
     return sample_root()
+
+
+def load_script(relpath: str, name: str | None = None):
+    """A script of the repository (``scripts/…``) imported as a module, for testing its functions."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / relpath
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

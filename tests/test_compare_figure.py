@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 
 from medsyn.cli.main import main
 from medsyn.data.dataset import sample_root
@@ -17,10 +17,7 @@ TEST = "BraTS-GLI-00000-000"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("compare_figure", ROOT / "scripts/compare_figure.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/compare_figure.py")
 
 
 def test_slice_choice_includes_the_largest_tumour_section():

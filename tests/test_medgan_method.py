@@ -6,7 +6,6 @@ table code, and train → predict → evaluate on the motion task (tiny networks
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 import json
 import math
@@ -15,6 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import load_script
 import torch
 import torch.nn.functional as F
 from rich.console import Console
@@ -477,10 +477,7 @@ def test_resume_equals_uninterrupted_run(cache, tmp_path):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("reproduce_medgan", ROOT / "scripts/reproduce_medgan.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/reproduce_medgan.py")
 
 
 def test_reproduction_script_groups_metrics_and_table(tmp_path):

@@ -498,3 +498,23 @@ def test_demo_counts_the_full_schedule_even_when_capped():
     assert (f"for 3 of {planned} planned steps ({100 * 3 / planned:.2g} %, 1 min 2 s, stopped by max_steps)"
             in what_was_trained(cfg, 3, 62.0, "max_steps"))
     assert f"for {planned // 2} of {planned} planned steps (50 %," in what_was_trained(cfg, planned // 2, 62.0, "minutes")
+
+
+def test_progress_lines_eta_respects_the_time_budget(monkeypatch):
+    """A 3-minute budget with a 500,000-step schedule: the ETA is the budget's end, not 14 hours."""
+    from medsyn.training import progress as pg
+
+    now = [0.0]
+    monkeypatch.setattr(pg.time, "monotonic", lambda: now[0])
+    out: list[str] = []
+    lines = pg.LineProgress("train", 500_000, out.append, every=10.0, deadline=100.0 + 180.0)
+    now[0] = 100.0
+    lines.update(1)
+    now[0] = 130.0
+    lines.update(301)  # 0.1 s/step: 49,970 s of steps left, but the budget ends in 150 s
+    assert "ETA 2 min 30 s (time budget)" in out[-1] and "0.1 s/step" in out[-1]
+    free = pg.LineProgress("train", 1000, out.append, every=10.0)
+    free.update(0)
+    now[0] = 180.0
+    free.update(500)  # no budget: steps left × s/step = 500 × 0.1 s
+    assert "ETA 50 s" in out[-1] and "time budget" not in out[-1]

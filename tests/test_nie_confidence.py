@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 import torch
 
 from medsyn.cli.main import main
@@ -23,10 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("nie_confidence", ROOT / "scripts/nie_confidence.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("scripts/nie_confidence.py")
 
 
 def test_region_means_and_paired_tests_by_hand():

@@ -543,8 +543,8 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         t_setup = time.monotonic()
-        self._log(f"{stamp()} preparing data: reading, checking and normalising the subjects of "
-                  f"{self.cfg.data.root} once (kept in memory)")
+        self._log(f"{stamp()} preparing data: the subjects of {self.cfg.data.root} are read, checked and normalised "
+                  "into the preprocessed cache once, then read memory-mapped")
         self.setup()
         self._log(f"{stamp()} data ready in {duration(time.monotonic() - t_setup)}: {len(self.data.splits.get('train') or [])} "
                   f"training, {len(self.data.splits.get('val') or [])} validation subject(s); steps {self.step} → {self.total_steps}")
@@ -560,7 +560,9 @@ class Trainer:
         progress = None
         try:
             if self.show_progress and self.console is not None:  # a bar on a terminal, timestamped lines in a log
-                progress = BarOrLines("train", self.total_steps, self.console, start=self.step)
+                budget = cfg.train.minutes * 60 if cfg.train.minutes is not None else None
+                progress = BarOrLines("train", self.total_steps, self.console, start=self.step,
+                                      deadline=t0 + budget if budget is not None else None)
             self.method.train()
             while self.step < self.total_steps:
                 losses = self.method.train_step(self.feed, self.step + 1)

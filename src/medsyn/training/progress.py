@@ -43,9 +43,10 @@ class LineProgress:
     always for the first update and at ``total``. ``unit``: what one count is (step, window)."""
 
     def __init__(self, what: str, total: int, emit: Callable[[str], None], *, unit: str = "step",
-                 every: float | None = None):
+                 every: float | None = None, deadline: float | None = None):
         self.what, self.total, self.emit, self.unit = what, max(int(total), 0), emit, unit
         self.every = progress_seconds() if every is None else every
+        self.deadline = deadline  # time.monotonic() when a time budget ends: the ETA never passes it
         self.t0, self.start = time.monotonic(), 0
         self.last: float | None = None
 
@@ -60,7 +61,13 @@ class LineProgress:
         rate = (now - self.t0) / n if n > 0 else None
         pct = f" ({100 * done / self.total:.1f} %)" if self.total else ""
         speed = f", {rate:.3g} s/{self.unit}" if rate is not None else ""
-        eta = f", ETA {duration(rate * (self.total - done))}" if rate is not None and done < self.total else ""
+        eta = ""
+        if rate is not None and done < self.total:
+            left = rate * (self.total - done)
+            if self.deadline is not None and self.deadline - now < left:
+                eta = f", ETA {duration(max(self.deadline - now, 0.0))} (time budget)"
+            else:
+                eta = f", ETA {duration(left)}"
         self.emit(f"{stamp()} {self.what} {self.unit} {done}/{self.total}{pct}{speed}{eta}" + (f" | {extra}" if extra else ""))
 
 
@@ -71,7 +78,8 @@ class BarOrLines:
     ``update(done)`` moves on; ``stop()`` ends the bar.
     """
 
-    def __init__(self, what: str, total: int, console, *, start: int = 0, unit: str = "step"):  # noqa: ANN001
+    def __init__(self, what: str, total: int, console, *, start: int = 0, unit: str = "step",  # noqa: ANN001
+                 deadline: float | None = None):
         self.extra = ""
         self.bar = self.lines = None
         if getattr(console, "is_terminal", False):
@@ -84,7 +92,7 @@ class BarOrLines:
             self.task = self.bar.add_task(what, total=total, completed=start, extra="")
         else:
             self.lines = LineProgress(what, total, lambda m: console.print(m, highlight=False, soft_wrap=True),
-                                      unit=unit)
+                                      unit=unit, deadline=deadline)
 
     def set_extra(self, text: str) -> None:
         self.extra = text
