@@ -369,7 +369,7 @@ def test_progress_is_timestamped_lines_when_output_is_not_a_terminal(tmp_path, c
     assert main(["train", *TINY, "--max-steps", "3", "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     ts = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
-    assert re.search(ts + r" preparing data: reading", out)
+    assert re.search(ts + r" preparing data: the subjects of \S+ are read, checked and normalised", out)
     assert re.search(ts + r" data ready in \d+ s: 1 training, 0 validation subject\(s\); steps 0 → 3", out)
     lines = re.findall(ts + r" train step (\d)/3 \([\d.]+ %\)(, [\d.e+-]+ s/step)?(, ETA \d+ s)? \| (\S+=\S+ ?)+", out)
     assert [int(m[0]) for m in lines] == [1, 2, 3] and all(m[1] for m in lines[1:])  # rates from the 2nd line
