@@ -132,9 +132,13 @@ def test_the_paper_config_resolves_on_the_bundled_sample():
     assert (p["lr"], p["beta1"], p["weight_decay"], p["input_dropout"], p["disc_init_std"]) == (1e-4, 0.5, 0.0, 0.1, 0.2)
     assert p["slice_range"] == [55.0, 105.0] and p["filter_mae"] == 0.05 and p["min_dice"] == 0.95
     pl = plan(cfg)  # headers only
-    assert pl["slice_size"] == [72, 96] and pl["slices_per_subject"] == 25 and pl["in_plane_spacing_mm"] == [2.0, 2.0]
-    # two subjects: one trains, one is held out for test (data.test_fraction 0.2; issue 17)
-    assert len(pl["splits"]["train"]) == 1 and len(pl["splits"]["test"]) == 1
+    assert pl["slice_size"] == [72, 96] and pl["in_plane_spacing_mm"] == [2.0, 2.0]
+    assert pl["splits"]["train"] == ["BraTS-GLI-00000-000", "BraTS-MET-00110-000"]
+    # no labelled test subject: the labelled subject's lowest 30 % of slices 27–51 (8) are held out, + 1 gap
+    h = pl["holdout"]
+    assert h["kind"] == "slices" and h["test_slices"] == {"BraTS-GLI-00000-000": list(range(27, 35))}
+    assert h["excluded"] == {"BraTS-GLI-00000-000": list(range(27, 36))}
+    assert pl["slices_per_subject"] == round((25 + 25 - 9) / 2)
 
 
 def test_train_command_runs_the_pipeline_and_resumes(capsys, tmp_path):
