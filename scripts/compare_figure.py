@@ -56,9 +56,11 @@ def choose_slices(foreground: np.ndarray, tumour: np.ndarray | None, spec: str, 
             raise ValueError(f"--slices: {bad or spec} outside 0 … {n_sl - 1}")
         return idx
     n = int(spec)
+    from medsyn.reports.analysis import foreground_slices
+
     other = tuple(a for a in range(3) if a != axis)
-    area = foreground.sum(axis=other)
-    cand = np.flatnonzero(area >= 0.1 * area.max()) if area.max() > 0 else np.arange(n_sl)
+    cand = foreground_slices(foreground, axis)
+    cand = cand if cand.size else np.arange(n_sl)
     picks = [int(cand[round(i)]) for i in np.linspace(0, len(cand) - 1, n + 2)[1:-1]] if n > 0 else []
     if tumour is not None and tumour.any():
         t = int(np.argmax(tumour.sum(axis=other)))

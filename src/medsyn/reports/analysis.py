@@ -107,6 +107,13 @@ def signed_distance_mm(tumour: np.ndarray, spacing: tuple[float, ...]) -> np.nda
     return np.where(tumour, -inside, outside)
 
 
+def foreground_slices(foreground: np.ndarray, axis: int = 2) -> np.ndarray:
+    """Indices along ``axis`` of the slices holding at least MIN_SLICE_FRACTION of the largest
+    slice's foreground voxels (and at least one): the slices that count as test images."""
+    n_fg = foreground.sum(axis=tuple(a for a in range(foreground.ndim) if a != axis))
+    return np.flatnonzero(n_fg >= max(1, MIN_SLICE_FRACTION * n_fg.max())) if n_fg.size else np.zeros(0, int)
+
+
 def slice_errors(sv: SubjectVolumes, axis: int = 2) -> list[dict]:
     """Per slice along ``axis``: foreground MAE, foreground and tumour voxel counts."""
     err = np.abs(sv.pred - sv.ref)
@@ -114,9 +121,8 @@ def slice_errors(sv: SubjectVolumes, axis: int = 2) -> list[dict]:
     n_fg = sv.foreground.sum(axis=other)
     sums = np.where(sv.foreground, err, 0.0).sum(axis=other)
     n_tum = sv.tumour.sum(axis=other) if sv.tumour is not None else np.zeros_like(n_fg)
-    keep = n_fg >= max(1, MIN_SLICE_FRACTION * n_fg.max()) if n_fg.size else np.zeros(0, bool)
     return [{"subject": sv.id, "index": int(k), "mae": float(sums[k] / n_fg[k]), "foreground_voxels": int(n_fg[k]),
-             "tumour_voxels": int(n_tum[k])} for k in np.flatnonzero(keep)]
+             "tumour_voxels": int(n_tum[k])} for k in foreground_slices(sv.foreground, axis)]
 
 
 @dataclass

@@ -70,11 +70,12 @@ def _load_subject(pred_dirs: dict[str, Path], subject: Any, modality: str) -> tu
 
 def draw_slices(cases: dict[str, tuple[np.ndarray, np.ndarray | None]], n: int, seed: int, stratify: bool) -> list[Slice]:
     """n (subject, axial slice) pairs inside the foreground; see the module doc."""
+    from medsyn.reports.analysis import foreground_slices
+
     rng = np.random.default_rng(seed)
     pools: dict[str, dict[bool, list[int]]] = {}
     for sid, (fg, lab) in cases.items():
-        area = fg.sum(axis=(0, 1))
-        ok = np.flatnonzero(area >= 0.1 * area.max()) if area.max() > 0 else np.zeros(0, int)
+        ok = foreground_slices(fg)
         tum = (lab > 0).any(axis=(0, 1)) if lab is not None else np.zeros(fg.shape[2], bool)
         pools[sid] = {True: [int(k) for k in ok if tum[k]], False: [int(k) for k in ok if not tum[k]]}
     order = sorted(cases)
@@ -118,17 +119,12 @@ def render(img2d: np.ndarray, window: tuple[float, float], box: tuple[slice, sli
     return buf.getvalue()
 
 
-def _box(fg2: np.ndarray, margin: int = 4) -> tuple[slice, slice]:
-    rows, cols = np.flatnonzero(fg2.any(axis=1)), np.flatnonzero(fg2.any(axis=0))
-    return (slice(max(rows[0] - margin, 0), rows[-1] + margin + 1), slice(max(cols[0] - margin, 0), cols[-1] + margin + 1))
-
-
 def create_study(ref_root: str | Path, methods: dict[str, str | Path], modality: str, out: str | Path, *,
                  readers: list[str], trials: int = 60, seed: int = 0, size: int = 256, stratify: bool = True,
                  title: str | None = None, subjects: list[str] | None = None) -> Path:
     """Write a study folder (see the module doc); returns its path. ``methods``: name → prediction folder."""
     from medsyn.data.dataset import discover, resolve_root
-    from medsyn.reports.figures import _window
+    from medsyn.reports.figures import _crop_box, _window
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -166,7 +162,7 @@ def create_study(ref_root: str | Path, methods: dict[str, str | Path], modality:
         fg2 = fg[:, :, sl.index]
         ref2 = vols[REFERENCE][:, :, sl.index]
         window = _window(ref2[fg2])
-        box = _box(fg2)
+        box = _crop_box(fg2)  # the report figures' foreground box, margin 4
         images = {}
         for name in names:
             key = secrets.token_hex(16)
