@@ -422,12 +422,18 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:  # n
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line and exit code 2 for user errors; tracebacks only for bugs."""
-    from typer._click.exceptions import ClickException
-    from typer.exceptions import Abort, Exit
-
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
     warnings.formatwarning = _format_warning
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:monai")
+    from medsyn.training.distributed import exit_after_distributed
+
+    return exit_after_distributed(_run(argv))
+
+
+def _run(argv: list[str] | None) -> int:
+    from typer._click.exceptions import ClickException
+    from typer.exceptions import Abort, Exit
+
     try:
         rc = app(args=argv, standalone_mode=False)  # returns typer.Exit's code in this mode
     except MedsynError as e:

@@ -163,12 +163,45 @@ class DistContext:
                    find_unused_parameters=find_unused_parameters)
 
     def close(self) -> None:
+        """Leave the process group together with the other ranks.
+
+        A barrier first, so no rank tears its gloo/NCCL connections down while another still
+        sends; then ``destroy_process_group``. A failed barrier (a rank already gone) is not an
+        error here: the group is destroyed anyway.
+        """
         if self._initialised and torch.distributed.is_initialized():
+            try:
+                torch.distributed.barrier()
+            except Exception:  # noqa: BLE001 — shutting down; the group is destroyed below either way
+                pass
             torch.distributed.destroy_process_group()
             self._initialised = False
+            _DIST_USED.append(True)
 
 
 SINGLE = DistContext()
+_DIST_USED: list[bool] = []  # set once this process has run (and closed) a process group
+
+
+def exit_after_distributed(rc: int) -> int:
+    """Under torchrun, end a worker process that used a process group without interpreter teardown.
+
+    DDP's reducers keep references to the (destroyed) process group, and gloo's C++ worker
+    threads can then be destroyed during interpreter finalisation, which aborts the process
+    (``terminate called without an active exception``, SIGABRT) after all work and every
+    checkpoint are written — torchrun then reports the whole job as failed. Everything is
+    flushed, then ``os._exit(rc)``. Returns ``rc`` unchanged in any other process.
+    """
+    if not _DIST_USED or env_world_size() <= 1:
+        return rc
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 — a closed pipe must not change the exit code
+            pass
+    os._exit(rc)
 
 
 def env_world_size() -> int:
@@ -240,10 +273,17 @@ def _launch_train(cfg: RunConfig, out: str | Path, **kw: Any) -> Any:
                               "start it without torchrun")
         return spec.pipeline(cfg, out, **kw)
     ctx = init_from_env(cfg.train.device)
+    trainer = None
     try:
         if not ctx.is_main:
             kw["console"] = None
-        result = Trainer(cfg, out, dist=ctx, **kw).fit()
+        trainer = Trainer(cfg, out, dist=ctx, **kw)
+        result = trainer.fit()
     finally:
+        if ctx.enabled:  # drop the DDP wrappers (and their reducers) before the group goes
+            del trainer
+            import gc
+
+            gc.collect()
         ctx.close()
     return result if ctx.is_main else None
