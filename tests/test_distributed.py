@@ -226,6 +226,50 @@ def test_loader_workers_give_the_same_batches_and_leave_the_global_rng_alone():
             assert torch.equal(want[key], have[key])
 
 
+class _NoOutSampler:
+    """A counter-based sampler whose batch_at cannot write into given tensors (the copy path)."""
+
+    def __init__(self, base):
+        self.base = base
+
+    position = property(lambda self: self.base.position, lambda self, v: setattr(self.base, "position", v))
+
+    def batch_at(self, position, n):
+        b = self.base.batch_at(position, n)
+        return {**b, "index": torch.arange(position, position + n)}
+
+    def batch(self, n):
+        out = self.batch_at(self.position, n)
+        self.position += n
+        return out
+
+
+@pytest.mark.parametrize("wrap,slots", [(False, None), (True, None), (False, 1)])
+def test_loader_slots_are_reused_without_changing_batches_already_handed_out(wrap, slots, monkeypatch):
+    """More batches than each worker's ring of shared-memory slots, every batch kept: the
+    batches the feed handed out are the trainer's own copies, equal to those drawn in-process.
+    With one slot per worker (fewer than the DataLoader prefetches) workers wait for their slot."""
+    if slots is not None:
+        monkeypatch.setattr(BatchFeed, "SLOTS", slots)
+    cases = _cases()
+    make = lambda: PatchSampler25D(cases, context=3, patch_size=(8, 8), seed=5)  # noqa: E731
+    plain = BatchFeed(_NoOutSampler(make()) if wrap else make(), 3, torch.device("cpu"))
+    expected = [plain() for _ in range(14)]
+    sampler = _NoOutSampler(make()) if wrap else make()
+    for workers in (1, 2):
+        sampler.position = 0
+        feed = BatchFeed(sampler, 3, torch.device("cpu"), num_workers=workers, seed=5)
+        try:
+            got = [feed() for _ in range(14)]  # > (BatchFeed.PREFETCH + 2) slots per worker
+        finally:
+            feed.close()
+        assert sampler.position == 42
+        for want, have in zip(expected, got):
+            assert want.keys() == have.keys()
+            for key in want:
+                assert torch.equal(want[key], have[key])
+
+
 def test_single_process_context_is_a_no_op(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     ctx = init_from_env("cpu")

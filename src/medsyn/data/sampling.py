@@ -266,16 +266,21 @@ class PatchSampler25D:
         self.position += n * self.world_size
         return out
 
-    def batch_at(self, position: int, n: int) -> dict[str, torch.Tensor]:
+    def batch_at(self, position: int, n: int, out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """This rank's share of the global batch that starts at sample ``position``; no state change
-        (what a data-loader worker computes ahead of time)."""
+        (what a data-loader worker computes ahead of time). ``out``: float32 CPU tensors of the
+        batch's shapes to write into and return (a loader worker's reused shared-memory slot)."""
         first = position + self.rank * n
-        x = np.empty((n, self.n_src * self.k, self.ph, self.pw), np.float32)
-        y = np.empty((n, 1, self.ph, self.pw), np.float32)
-        m = np.empty((n, 1, self.ph, self.pw), np.float32)
+        shapes = {"source": (n, self.n_src * self.k, self.ph, self.pw), "target": (n, 1, self.ph, self.pw),
+                  "mask": (n, 1, self.ph, self.pw)}
+        if out is None:
+            out = {key: torch.empty(shape, dtype=torch.float32) for key, shape in shapes.items()}
+        elif any(tuple(out[key].shape) != shape or out[key].dtype != torch.float32 for key, shape in shapes.items()):
+            raise ValueError(f"batch_at: out must hold float32 tensors of shapes {shapes}")
+        x, y, m = (out[key].numpy() for key in shapes)
         for j in range(n):
             self._sample_into(first + j, x[j], y[j], m[j])
-        return {"source": torch.from_numpy(x), "target": torch.from_numpy(y), "mask": torch.from_numpy(m)}
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "position": self.position}

@@ -34,7 +34,10 @@ double backward is not supported through compiled graphs.
 from __future__ import annotations
 
 import functools
+import inspect
+import itertools
 import math
+import os
 import random
 import signal
 import sys
@@ -120,29 +123,65 @@ def _seed_worker(seed: int, rank: int, worker_id: int) -> None:
 
 class _BatchStream(torch.utils.data.IterableDataset):
     """Worker w of W computes the global batches w, w + W, ... from ``start``: the DataLoader
-    hands them back in order, tagged with their position."""
+    hands them back in order.
 
-    def __init__(self, sampler: Any, batch_size: int, start: int):
-        self.sampler, self.n, self.start = sampler, batch_size, start
+    Each worker writes its batches into a ring of ``slots`` shared-memory batches that it reuses,
+    so a batch crosses to the training process as a slot number, not as fresh tensors: a
+    DataLoader worker otherwise moves every result into new shared memory (allocate, fault in,
+    copy), which the training process maps and unmaps again — for 10 × 5×144² patches (5.8 MB)
+    that costs more than cutting them (benchmarks/README.md, data_scale.py). A slot's tensors
+    cross once, on its first use. ``consumed[w]`` (shared) is the number of worker w's batches
+    the training process has copied out; a worker never writes into a slot before the batch it
+    held was copied out (with ``slots`` > the DataLoader's prefetch it never has to wait).
+    """
+
+    def __init__(self, sampler: Any, batch_size: int, start: int, workers: int, slots: int):
+        self.sampler, self.n, self.start, self.slots = sampler, batch_size, start, slots
         self.stride = batch_size * getattr(sampler, "world_size", 1)
+        self.consumed = torch.zeros(workers, dtype=torch.int64).share_memory_()
+        # samplers that can write into given tensors skip a copy (PatchSampler25D.batch_at(out=…))
+        self.writes_into = "out" in inspect.signature(sampler.batch_at).parameters
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        k, every = (info.id, info.num_workers) if info is not None else (0, 1)
-        while True:
-            pos = self.start + k * self.stride
-            yield pos, self.sampler.batch_at(pos, self.n)
-            k += every
+        w, every = (info.id, info.num_workers) if info is not None else (0, 1)
+        parent, ring = os.getppid(), []
+        for m in itertools.count():  # this worker's m-th batch: global batch w + m·W
+            pos = self.start + (w + m * every) * self.stride
+            j = m % self.slots
+            if j == len(ring):  # the slot's first use: its tensors cross to the trainer once
+                ring.append({k: v.share_memory_() for k, v in self.sampler.batch_at(pos, self.n).items()})
+                yield pos, w, m, j, ring[j]
+                continue
+            while int(self.consumed[w]) <= m - self.slots:  # slot still being read: wait (a guard)
+                if os.getppid() != parent:  # the training process is gone
+                    return
+                time.sleep(0.0005)
+            if self.writes_into:
+                self.sampler.batch_at(pos, self.n, out=ring[j])
+            else:
+                b = self.sampler.batch_at(pos, self.n)
+                if b.keys() != ring[j].keys() or any(b[k].shape != ring[j][k].shape for k in b):
+                    raise RuntimeError(f"{type(self.sampler).__name__}.batch_at gave batches of varying shapes")
+                for k, v in b.items():
+                    ring[j][k].copy_(v)
+            yield pos, w, m, j, None
 
 
 class BatchFeed:
     """``feed()`` → the next batch on the training device (what ``Method.train_step`` calls).
 
     With ``num_workers`` > 0 and a sampler that can draw a batch at a given position
-    (``batch_at``, ``position``), batches are prepared ahead in loader workers; the sampler's
-    position (saved in checkpoints) counts the batches *consumed*, so prefetching never skips
-    or repeats a sample across a resume.
+    (``batch_at``, ``position``), batches are prepared ahead in loader workers, in shared-memory
+    slots each worker reuses (:class:`_BatchStream`); ``feed()`` copies the batch out of its slot
+    (onto the device). The sampler's position (saved in checkpoints) counts the batches
+    *consumed*, so prefetching never skips or repeats a sample across a resume.
     """
+
+    #: batches each worker prepares ahead (the DataLoader's prefetch_factor)
+    PREFETCH = 2
+    #: shared-memory batches per worker: more than PREFETCH + 1, so a worker never waits for a slot
+    SLOTS = PREFETCH + 2
 
     def __init__(self, sampler: Any, batch_size: int, device: torch.device, *, num_workers: int = 0,
                  seed: int = 0, rank: int = 0):
@@ -151,38 +190,46 @@ class BatchFeed:
         self.parallel = num_workers > 0 and hasattr(sampler, "batch_at") and hasattr(sampler, "position")
         self._loader = None
         self._it = None
+        self._stream: _BatchStream | None = None
+        self._slots: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
 
     def __call__(self) -> dict[str, torch.Tensor]:
         if not self.parallel:
             b = self.sampler.batch(self.n)
-        else:
-            if self._it is None:
-                self._start()
-            pos, b = next(self._it)
-            if pos != self.sampler.position:  # a bug, not a user error
-                raise RuntimeError(f"loader produced the batch at {pos}, expected {self.sampler.position}")
-            self.sampler.position = pos + self.n * getattr(self.sampler, "world_size", 1)
-        return {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
+            return {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
+        if self._it is None:
+            self._start()
+        pos, w, m, j, fresh = next(self._it)
+        if pos != self.sampler.position:  # a bug, not a user error
+            raise RuntimeError(f"loader produced the batch at {pos}, expected {self.sampler.position}")
+        if fresh is not None:
+            self._slots[w, j] = fresh
+        # a copy the step owns (the slot is rewritten by the worker once it is released)
+        b = {k: v.clone() if self.device.type == "cpu" else v.to(self.device) for k, v in self._slots[w, j].items()}
+        self._stream.consumed[w] = m + 1  # slot j of worker w may be rewritten
+        self.sampler.position = pos + self.n * getattr(self.sampler, "world_size", 1)
+        return b
 
     def _start(self) -> None:
         import multiprocessing
 
-        stream = _BatchStream(self.sampler, self.n, self.sampler.position)
+        self._stream = _BatchStream(self.sampler, self.n, self.sampler.position, self.num_workers, self.SLOTS)
+        self._slots = {}
         # fork where it exists (Linux): workers share the in-memory volumes copy-on-write and are
         # children of this process (they exit with it, even after SIGKILL) — also when the default
         # start method was changed (e.g. a process started by a forkserver)
         context = "fork" if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods() else None
         self._loader = torch.utils.data.DataLoader(
-            stream, batch_size=None, num_workers=self.num_workers, prefetch_factor=2, multiprocessing_context=context,
-            worker_init_fn=functools.partial(_seed_worker, self.seed, self.rank),
+            self._stream, batch_size=None, num_workers=self.num_workers, prefetch_factor=self.PREFETCH,
+            multiprocessing_context=context, worker_init_fn=functools.partial(_seed_worker, self.seed, self.rank),
             # its own generator: the loader's base seed must not be drawn from the global torch RNG,
             # whose stream the method's step uses (e.g. WGAN-GP interpolation) and checkpoints restore
-            generator=torch.Generator().manual_seed(self.seed), pin_memory=self.device.type == "cuda")
+            generator=torch.Generator().manual_seed(self.seed))
         self._it = iter(self._loader)
 
     def close(self) -> None:
         """Stop the workers (a later call starts new ones at the sampler's position)."""
-        it, self._it, self._loader = self._it, None, None
+        it, self._it, self._loader, self._stream, self._slots = self._it, None, None, None, {}
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
 
