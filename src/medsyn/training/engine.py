@@ -132,13 +132,16 @@ class _BatchStream(torch.utils.data.IterableDataset):
     that costs more than cutting them (benchmarks/README.md, data_scale.py). A slot's tensors
     cross once, on its first use. ``consumed[w]`` (shared) is the number of worker w's batches
     the training process has copied out; a worker never writes into a slot before the batch it
-    held was copied out (with ``slots`` > the DataLoader's prefetch it never has to wait).
+    held was copied out (with ``slots`` > the DataLoader's prefetch it never has to wait). A worker
+    that waits stops when ``stop`` (shared) is set or the training process is gone: workers ignore
+    SIGTERM, so one left waiting would outlive the DataLoader's shutdown.
     """
 
     def __init__(self, sampler: Any, batch_size: int, start: int, workers: int, slots: int):
         self.sampler, self.n, self.start, self.slots = sampler, batch_size, start, slots
         self.stride = batch_size * getattr(sampler, "world_size", 1)
         self.consumed = torch.zeros(workers, dtype=torch.int64).share_memory_()
+        self.stop = torch.zeros(1, dtype=torch.int64).share_memory_()
         # samplers that can write into given tensors skip a copy (PatchSampler25D.batch_at(out=…))
         self.writes_into = "out" in inspect.signature(sampler.batch_at).parameters
 
@@ -154,7 +157,7 @@ class _BatchStream(torch.utils.data.IterableDataset):
                 yield pos, w, m, j, ring[j]
                 continue
             while int(self.consumed[w]) <= m - self.slots:  # slot still being read: wait (a guard)
-                if os.getppid() != parent:  # the training process is gone
+                if int(self.stop[0]) or os.getppid() != parent:  # feed closed, or the training process gone
                     return
                 time.sleep(0.0005)
             if self.writes_into:
@@ -229,9 +232,14 @@ class BatchFeed:
 
     def close(self) -> None:
         """Stop the workers (a later call starts new ones at the sampler's position)."""
-        it, self._it, self._loader, self._stream, self._slots = self._it, None, None, None, {}
+        it, self._it, self._loader, stream, self._stream, self._slots = self._it, None, None, self._stream, None, {}
+        if stream is not None:
+            stream.stop[0] = 1  # a worker waiting for a slot returns
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 # ----------------------------------------------------------------------------------------------
