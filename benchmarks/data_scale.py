@@ -11,7 +11,9 @@ each copy a subject of its own (its own cache entry). Printed, side by side in o
    of ``--counts`` subjects (cache built beforehand by ``medsyn preprocess``, so the figure is the
    training's own), and the ratio to the smallest N (goal: ≤ 1.15 at 200 vs 2);
 3. patches/s (5×144×144, batch 10) from the cache through the engine's BatchFeed with 0, 1 and 2
-   loader workers (goal: ≥ 2,000 with 2 workers).
+   loader workers (goal: ≥ 2,000 with 2 workers), beside a plain DataLoader over the same sampler
+   (fresh batch tensors per batch), with the CPU ms per patch of the training process and of each
+   worker — on a shared machine the stable figures — and what 2 workers on free cores deliver.
 
     python benchmarks/data_scale.py --data full --counts 2 50 200
     python benchmarks/data_scale.py --data sample --counts 2 50 200 --quick
@@ -90,9 +92,51 @@ def sets(root: Path, cache: Path, *extra: str) -> list[str]:
     return [a for s in items for a in ("--set", s)]
 
 
-def patches_per_second(root: Path, cache: Path, workers: int, batches: int) -> tuple[float, float]:
-    """Batches of 10 × (5, 144, 144) from the cache into the loop (the engine's BatchFeed):
-    (patches per second of wall time, CPU milliseconds of this process per patch)."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc, Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _PlainStream:
+    """The DataLoader use medsyn had before (and most training code has): each worker yields
+    fresh batch tensors, which the DataLoader moves into new shared memory per batch; the
+    training process maps them and unmaps them when the batch is freed."""
+
+    def __init__(self, sampler, n: int):
+        import torch
+
+        class Stream(torch.utils.data.IterableDataset):
+            def __iter__(self_):
+                info = torch.utils.data.get_worker_info()
+                k = info.id
+                while True:
+                    yield sampler.batch_at(k * n, n)
+                    k += info.num_workers
+
+        self.stream = Stream()
+
+    def start(self, workers: int):
+        import torch
+
+        self.loader = torch.utils.data.DataLoader(self.stream, batch_size=None, num_workers=workers, prefetch_factor=2,
+                                                  multiprocessing_context="fork")
+        self._it = iter(self.loader)
+        return self
+
+    def __call__(self):
+        return next(self._it)  # already the trainer's own (fresh shared memory)
+
+    def close(self):
+        self._it._shutdown_workers()
+
+
+def patches_per_second(root: Path, cache: Path, workers: int, batches: int,
+                       handover: str = "medsyn") -> dict[str, float]:
+    """Batches of 10 × (5, 144, 144) from the cache into the loop: the engine's BatchFeed
+    (``handover`` "medsyn"), or a plain DataLoader over the same sampler ("plain"). Returns patches
+    per second of wall time, CPU milliseconds per patch of this (the training) process, and of
+    each loader worker (mean over workers, per patch that worker produced)."""
     import torch
 
     from medsyn.config import load_config
@@ -105,17 +149,27 @@ def patches_per_second(root: Path, cache: Path, workers: int, batches: int) -> t
     d = cfg.data
     sampler = PatchSampler25D(data.train, slice_axis=d.slice_axis, context=d.context_slices,
                               patch_size=tuple(d.patch_size), foreground_fraction=d.foreground_fraction, seed=0)
-    feed = BatchFeed(sampler, cfg.train.batch_size, torch.device("cpu"), num_workers=workers)
-    for _ in range(3):  # start the workers, fill the prefetch queue
+    n = cfg.train.batch_size
+    if handover == "plain" and workers:
+        feed = _PlainStream(sampler, n).start(workers)
+    else:
+        feed = BatchFeed(sampler, n, torch.device("cpu"), num_workers=workers)
+    for _ in range(3 + 4 * workers):  # start the workers, fill the prefetch queue, first use of every slot
         feed()
+    it = feed._it if workers else None
+    pids = [p.pid for p in it._workers] if it is not None else []
+    w0 = [_cpu_seconds(p) for p in pids]
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(batches):
         b = feed()
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    w1 = [_cpu_seconds(p) for p in pids]
     feed.close()
-    assert tuple(b["source"].shape) == (cfg.train.batch_size, d.context_slices, *d.patch_size)
-    n = batches * cfg.train.batch_size
-    return n / dt, 1e3 * cpu / n
+    assert tuple(b["source"].shape) == (n, d.context_slices, *d.patch_size)
+    total = batches * n
+    per_worker = [1e3 * (b_ - a_) / (total / len(pids)) for a_, b_ in zip(w0, w1)]
+    return {"rate": total / dt, "main_ms": 1e3 * cpu / total,
+            "worker_ms": sum(per_worker) / len(per_worker) if per_worker else float("nan")}
 
 
 def main() -> None:
@@ -123,7 +177,10 @@ def main() -> None:
     ap.add_argument("--data", choices=["full", "sample"], default="full")
     ap.add_argument("--counts", type=int, nargs="+", default=[2, 50, 200])
     ap.add_argument("--build-subjects", type=int, default=6, help="subjects timed per build measurement")
-    ap.add_argument("--batches", type=int, default=40, help="batches timed per patches/s measurement")
+    ap.add_argument("--batches", type=int, default=150, help="batches timed per patches/s measurement")
+    ap.add_argument("--handover", nargs="*", default=["plain"], choices=["plain"],
+                    help="loader rows besides medsyn's BatchFeed: 'plain' = a plain DataLoader "
+                         "(fresh tensors per batch)")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="skip the training RSS runs above the two smallest counts")
     ap.add_argument("--skip", nargs="*", default=[], choices=["build", "rss", "loader"])
@@ -193,18 +250,34 @@ def main() -> None:
         sys.path.insert(0, str(REPO / "src"))
         import torch
 
+        from medsyn.training.allocator import keep_freed_memory
+
+        keep_freed_memory()  # as in `medsyn train` (the Trainer sets it; forked workers inherit it)
         torch.set_num_threads(1)
-        res: dict[int, list[tuple[float, float]]] = {0: [], 1: [], 2: []}
-        for _ in range(args.repeat):
-            for w in (0, 1, 2):
-                res[w].append(patches_per_second(ds, cache, w, args.batches))
-        print(f"\n[loader] 5×144×144 patches/s from the cache into the loop, batch 10 (max of {args.repeat}); load {load()}")
-        for w, v in res.items():
-            print(f"  {w} worker(s): {max(x for x, _ in v):7.0f} patches/s   ({', '.join(f'{x:.0f}' for x, _ in v)});"
-                  f"  training process CPU {min(c for _, c in v):.2f} ms/patch")
-        cpu0 = min(c for _, c in res[0])
-        print(f"  0 workers: {cpu0:.2f} CPU ms per patch cut in the training process → {1e3 / cpu0:.0f} patches/s per "
-              "free core (what each worker can deliver when it has a core to itself)")
+        rows = [("medsyn", w) for w in (0, 1, 2)] + [("plain", w) for w in (1, 2) if "plain" in args.handover]
+        res: dict[tuple[str, int], list[dict[str, float]]] = {r: [] for r in rows}
+        for _ in range(args.repeat):  # interleaved: every row sees the same load
+            for h, w in rows:
+                res[h, w].append(patches_per_second(ds, cache, w, args.batches, h))
+        print(f"\n[loader] 5×144×144 patches/s from the cache into the loop, batch 10, {args.batches} batches "
+              f"(max of {args.repeat}); load {load()}")
+        print("  hand-over                 workers  patches/s (runs)              CPU ms/patch: trainer  each worker")
+        for (h, w), v in res.items():
+            name = "BatchFeed (reused slots)" if h == "medsyn" else "plain DataLoader"
+            runs = ", ".join(f"{x['rate']:.0f}" for x in v)
+            wk = f"{min(x['worker_ms'] for x in v):11.2f}" if w else " " * 11
+            print(f"  {name:25s} {w:7d}  {max(x['rate'] for x in v):7.0f} ({runs:20s})  "
+                  f"{min(x['main_ms'] for x in v):20.2f}  {wk}")
+        cut = min(x["main_ms"] for x in res["medsyn", 0])
+        for h in ("medsyn", "plain"):
+            if (h, 2) not in res:
+                continue
+            main_ms = min(x["main_ms"] for x in res[h, 2])
+            worker_ms = min(x["worker_ms"] for x in res[h, 2])
+            cap = min(2 / worker_ms, 1 / main_ms) * 1e3
+            print(f"  {h}: with 2 workers on cores of their own (and one for the trainer): min(2 / {worker_ms:.2f}, "
+                  f"1 / {main_ms:.2f}) ms → {cap:.0f} patches/s")
+        print(f"  cutting alone (0 workers): {cut:.2f} ms/patch → {1e3 / cut:.0f} patches/s per core")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 
