@@ -1,7 +1,7 @@
 """Time to quality: medsyn's Nie et al. variants against a plain PyTorch loop, same wall-clock budget.
 
 For each medsyn config (default: the UNet baseline and the full method, each in its paper and its
-small-data configuration) two processes are started *together*, one thread each, and train for the
+small-data configuration, and the FCN and sGAN baselines in their small-data configurations) two processes are started *together*, one thread each, and train for the
 same wall-clock budget on one real case:
 
 * ``medsyn``: ``python -m medsyn train CONFIG`` — the real CLI, engine, sampler and method;
@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SUBJECT = "BraTS-MET-00110-000"
 TEST_SUBJECT = "BraTS-GLI-00000-000"
 DEFAULT_CONFIGS = ["configs/nie2018_unet_small.yaml", "configs/nie2018_unet.yaml",
-                   "configs/nie2018_brats_t1_t2_small.yaml", "configs/nie2018_brats_t1_t2.yaml"]
+                   "configs/nie2018_brats_t1_t2_small.yaml", "configs/nie2018_brats_t1_t2.yaml",
+                   "configs/nie2018_fcn_small.yaml", "configs/nie2018_sgan_small.yaml"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def start_pair(config: str, a: argparse.Namespace, out: Path) -> dict:
     procs = [subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
              for cmd, log in zip((med_cmd, plain_cmd), logs)]
     return {"config": config, "method": cfg.method, "base": p.base_filters, "patch": cfg.data.patch_size,
-            "run_dir": run_dir, "result": result, "procs": procs, "logs": logs}
+            "lr_schedule": cfg.train.lr_schedule, "flip": cfg.data.flip, "run_dir": run_dir, "result": result, "procs": procs, "logs": logs}
 
 
 def finish_pair(job: dict, a: argparse.Namespace) -> dict:
@@ -222,7 +223,7 @@ def finish_pair(job: dict, a: argparse.Namespace) -> dict:
     for side, rc, log in zip(("medsyn train", "plain loop"), rcs, job["logs"]):
         if rc != 0:
             raise SystemExit(f"{side} failed (rc {rc}); see {log.name}")
-    return {k: job[k] for k in ("config", "method", "base", "patch")} | {
+    return {k: job[k] for k in ("config", "method", "base", "patch", "lr_schedule", "flip")} | {
         "medsyn": medsyn_predict(job["run_dir"], a.data), "plain": json.loads(job["result"].read_text())}
 
 
@@ -260,7 +261,8 @@ def main() -> None:
     for r in results:
         rows.append(r)
         m, p = r["medsyn"], r["plain"]
-        print(f"{r['config']} ({r['method']}, base {r['base']}, patch {r['patch']}) {' '.join(a.set)}")
+        print(f"{r['config']} ({r['method']}, base {r['base']}, patch {r['patch']}, lr schedule {r['lr_schedule']}, "
+              f"flip {r['flip']}) {' '.join(a.set)}")
         for side, v in (("medsyn", m), ("plain", p)):
             print(f"  {side:7s} steps {v['steps']!s:>6}  brain PSNR {v['psnr_brain']:6.2f} dB  "
                   f"tumour PSNR {v.get('psnr_tumour', float('nan')):6.2f} dB")
