@@ -1,13 +1,15 @@
 """Time to quality: medsyn's Nie et al. variants against a plain PyTorch loop, same wall-clock budget.
 
 For each medsyn config (default: the UNet baseline and the full method, each in its paper and its
-small-data configuration) two processes are started *together*, one thread each, and train for the
+small-data configuration, and the FCN and sGAN baselines in their small-data configurations) two processes are started *together*, one thread each, and train for the
 same wall-clock budget on one real case:
 
 * ``medsyn``: ``python -m medsyn train CONFIG`` — the real CLI, engine, sampler and method;
 * ``plain``: a straightforward PyTorch loop written below (a 2.5D UNet of the same width and
   depth, z-score inside the brain, L1 inside the brain mask, Adam 1e-3 with cosine decay over the
-  budget, batch 8, left-right flips, patch centres in the brain), no medsyn engine.
+  budget, batch 8, left-right flips, patch centres in the brain), no medsyn engine. With
+  ``--plain-like-generator`` the loop's network follows the FCN baseline (no skip connections)
+  for ``nie-fcn``, so that row compares training, not architectures.
 
 Both then predict the held-out case (medsyn through its own sliding-window inference with the
 run's normalisation, the plain loop on whole slices) and are scored with medsyn's own metrics:
@@ -43,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SUBJECT = "BraTS-MET-00110-000"
 TEST_SUBJECT = "BraTS-GLI-00000-000"
 DEFAULT_CONFIGS = ["configs/nie2018_unet_small.yaml", "configs/nie2018_unet.yaml",
-                   "configs/nie2018_brats_t1_t2_small.yaml", "configs/nie2018_brats_t1_t2.yaml"]
+                   "configs/nie2018_brats_t1_t2_small.yaml", "configs/nie2018_brats_t1_t2.yaml",
+                   "configs/nie2018_fcn_small.yaml", "configs/nie2018_sgan_small.yaml"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -79,7 +82,7 @@ def score(pred, case) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------------
 # the plain loop (no medsyn engine, sampler, method or network)
-def plain_unet(in_ch: int, base: int, depth: int):
+def plain_unet(in_ch: int, base: int, depth: int, skip: bool = True):
     import torch
     from torch import nn
 
@@ -94,7 +97,7 @@ def plain_unet(in_ch: int, base: int, depth: int):
             self.down = nn.ModuleList([block(in_ch if i == 0 else w[i - 1], w[i]) for i in range(depth)])
             self.mid = block(w[depth - 1], w[depth])
             self.up = nn.ModuleList([nn.ConvTranspose2d(w[i + 1], w[i], 2, stride=2) for i in reversed(range(depth))])
-            self.dec = nn.ModuleList([block(2 * w[i], w[i]) for i in reversed(range(depth))])
+            self.dec = nn.ModuleList([block((2 if skip else 1) * w[i], w[i]) for i in reversed(range(depth))])
             self.out = nn.Conv2d(w[0], 1, 1)
 
         def forward(self, x):
@@ -105,7 +108,7 @@ def plain_unet(in_ch: int, base: int, depth: int):
                 x = torch.max_pool2d(x, 2)
             x = self.mid(x)
             for u, d, s in zip(self.up, self.dec, reversed(skips)):
-                x = d(torch.cat([u(x), s], 1))
+                x = d(torch.cat([u(x), s], 1) if skip else u(x))
             return self.out(x)
 
     return Net()
@@ -128,7 +131,7 @@ def plain_worker(a: argparse.Namespace) -> None:
     src_p = np.pad(src, pad, mode="edge")
     tgt_p, m_p = np.pad(tgt, pad, mode="edge"), np.pad(case.mask, pad)
     fg = np.argwhere(case.mask)
-    net = plain_unet(k, a.base, a.depth)
+    net = plain_unet(k, a.base, a.depth, skip=not a.no_skip)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     budget = a.minutes * 60
     t0, steps = time.monotonic(), 0
@@ -196,6 +199,8 @@ def start_pair(config: str, a: argparse.Namespace, out: Path) -> dict:
 
     cfg = load_config(ROOT / config if not Path(config).is_absolute() else config, a.set)
     p = method_params(cfg)  # the plain loop gets the same generator width and depth
+    # the FCN baseline (no skip connections): a plain loop of the same architecture with --plain-like-generator
+    no_skip = a.plain_like_generator and getattr(p, "generator", "unet") == "fcn"
     name = Path(config).stem
     out.mkdir(parents=True, exist_ok=True)
     run_dir, result = out / f"{name}-medsyn", out / f"{name}-plain.json"
@@ -206,12 +211,14 @@ def start_pair(config: str, a: argparse.Namespace, out: Path) -> dict:
                "--minutes", str(a.minutes)] + [x for s in sets for x in ("--set", s)]
     plain_cmd = [sys.executable, __file__, "--plain-worker", "--data", a.data, "--minutes", str(a.minutes),
                  "--result", str(result), "--context", str(cfg.data.context_slices),
-                 "--patch", *map(str, cfg.data.patch_size), "--base", str(p.base_filters), "--depth", str(p.depth)]
+                 "--patch", *map(str, cfg.data.patch_size), "--base", str(p.base_filters), "--depth", str(p.depth),
+                 *(["--no-skip"] if no_skip else [])]
     logs = [open(out / f"{name}-medsyn.log", "w"), open(out / f"{name}-plain.log", "w")]
     procs = [subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
              for cmd, log in zip((med_cmd, plain_cmd), logs)]
     return {"config": config, "method": cfg.method, "base": p.base_filters, "patch": cfg.data.patch_size,
-            "run_dir": run_dir, "result": result, "procs": procs, "logs": logs}
+            "plain_net": "FCN (no skips)" if no_skip else "UNet",
+            "lr_schedule": cfg.train.lr_schedule, "flip": cfg.data.flip, "run_dir": run_dir, "result": result, "procs": procs, "logs": logs}
 
 
 def finish_pair(job: dict, a: argparse.Namespace) -> dict:
@@ -222,7 +229,7 @@ def finish_pair(job: dict, a: argparse.Namespace) -> dict:
     for side, rc, log in zip(("medsyn train", "plain loop"), rcs, job["logs"]):
         if rc != 0:
             raise SystemExit(f"{side} failed (rc {rc}); see {log.name}")
-    return {k: job[k] for k in ("config", "method", "base", "patch")} | {
+    return {k: job[k] for k in ("config", "method", "base", "patch", "lr_schedule", "flip", "plain_net")} | {
         "medsyn": medsyn_predict(job["run_dir"], a.data), "plain": json.loads(job["result"].read_text())}
 
 
@@ -235,7 +242,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/medsyn-ttq"))
     ap.add_argument("--parallel", action="store_true",
                     help="start every pair at once (all sides share the machine for the same wall time)")
+    ap.add_argument("--plain-like-generator", action="store_true",
+                    help="for nie-fcn, give the plain loop the same network without skip connections "
+                         "(default: the plain loop is always a UNet)")
     ap.add_argument("--plain-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-skip", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--context", type=int, default=5, help=argparse.SUPPRESS)
     ap.add_argument("--patch", type=int, nargs=2, default=[144, 144], help=argparse.SUPPRESS)
@@ -260,7 +271,8 @@ def main() -> None:
     for r in results:
         rows.append(r)
         m, p = r["medsyn"], r["plain"]
-        print(f"{r['config']} ({r['method']}, base {r['base']}, patch {r['patch']}) {' '.join(a.set)}")
+        print(f"{r['config']} ({r['method']}, base {r['base']}, patch {r['patch']}, lr schedule {r['lr_schedule']}, "
+              f"flip {r['flip']}; plain loop: {r['plain_net']}) {' '.join(a.set)}")
         for side, v in (("medsyn", m), ("plain", p)):
             print(f"  {side:7s} steps {v['steps']!s:>6}  brain PSNR {v['psnr_brain']:6.2f} dB  "
                   f"tumour PSNR {v.get('psnr_tumour', float('nan')):6.2f} dB")

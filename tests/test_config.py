@@ -249,3 +249,38 @@ def test_small_configs_change_only_documented_keys_and_the_demo_follows_them():
         {k: v for k, v in small.params.items() if k != "base_filters"}
     assert demo.data.patch_size == small.data.patch_size
     assert demo.data.patches_per_subject == small.data.patches_per_subject
+    assert (demo.data.flip, demo.train.lr_schedule) == (small.data.flip, small.train.lr_schedule)
+
+
+def test_lr_schedule_and_flip_keys_validate_and_keep_old_run_hashes():
+    """train.lr_schedule / data.flip: allowed values named; 'left-right' refused for sagittal slices;
+    at their defaults they are left out of the config hash, so run and cross-validation folders
+    written before these keys existed keep their hash."""
+    import hashlib
+    import json
+
+    with pytest.raises(ConfigError, match="train.lr_schedule.*'method', 'cosine'"):
+        load_config(None, ["train.lr_schedule=linear"])
+    with pytest.raises(ConfigError, match="data.flip.*'none', 'left-right', 'in-plane'"):
+        load_config(None, ["data.flip=yes"])
+    with pytest.raises(ConfigError, match="data.flip.*sagittal"):
+        load_config(None, ["data.flip=left-right", "data.slice_axis=sagittal"])
+    assert load_config(None, ["data.flip=in-plane", "data.slice_axis=sagittal"]).data.flip == "in-plane"
+    cfg = load_config("configs/nie2018_brats_t1_t2.yaml")
+    old = to_dict(cfg)  # as medsyn wrote it before the two keys
+    del old["train"]["lr_schedule"], old["data"]["flip"]
+    assert config_hash(cfg) == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    assert build_config(old) == cfg  # an old config.yaml resolves to the defaults
+    for change in ("train.lr_schedule=cosine", "data.flip=left-right"):
+        assert config_hash(load_config("configs/nie2018_brats_t1_t2.yaml", [change])) != config_hash(cfg)
+
+
+def test_small_configs_anneal_over_the_budget_and_flip_while_the_paper_configs_do_not():
+    for name in ("unet", "fcn", "sgan", "brats_t1_t2"):
+        small = load_config(f"configs/nie2018_{name}_small.yaml")
+        assert (small.train.lr_schedule, small.data.flip) == ("cosine", "left-right"), name
+        paper = load_config(f"configs/nie2018_{name}.yaml")
+        assert (paper.train.lr_schedule, paper.data.flip) == ("method", "none"), name
+        assert small.method == paper.method, name
+        assert {k: v for k, v in small.params.items() if k not in ("base_filters", "lr_g", "loss_region", "warmup_steps")} \
+            == {k: v for k, v in paper.params.items() if k not in ("base_filters", "lr_g", "loss_region", "warmup_steps")}

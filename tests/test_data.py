@@ -443,3 +443,47 @@ def test_sampler_state_dict_resumes_exact_sequence(augment):
 def test_sampler_needs_a_case():
     with pytest.raises(ValueError):
         PatchSampler25D([])
+
+
+@pytest.mark.parametrize("flip, axes", [("left-right", [(), (-2,)]), ("in-plane", [(), (-2,), (-1,), (-2, -1)])])
+def test_sampler_flips_source_target_and_mask_together(flip, axes):
+    """data.flip: each sample is the unflipped sample (same seed, same centre) mirrored along the
+    same axes in its source stack, target and mask; every allowed combination occurs."""
+    case = _coded_case()
+    plain = PatchSampler25D([case], context=3, patch_size=(6, 5), foreground_fraction=0.5, seed=3)
+    flipped = PatchSampler25D([case], context=3, patch_size=(6, 5), foreground_fraction=0.5, flip=flip, seed=3)
+    seen = set()
+    for _ in range(40):
+        ref, got = plain.sample(), flipped.sample()
+        match = [a for a in axes if all(np.array_equal(np.flip(r, a) if a else r, g) for r, g in zip(ref, got))]
+        assert len(match) == 1, "source, target and mask flipped along the same axes"
+        seen.add(match[0])
+    assert seen == set(axes)
+    # "left-right" is the canonical grid's x axis (RAS: left-right) for axial slices
+    lr = PatchSampler25D([case], context=1, patch_size=(6, 5), foreground_fraction=1.0, flip="left-right", seed=3)
+    xs = []
+    for _ in range(20):
+        y = lr.sample()[1][0]
+        xs.append(_decode(y[1, 2])[0] - _decode(y[2, 2])[0])
+    assert set(xs) == {-1, 1}
+
+
+def test_sampler_flips_are_part_of_the_resumable_sample_stream():
+    cases = [_coded_case()]
+    a = PatchSampler25D(cases, context=3, patch_size=(8, 8), flip="in-plane", seed=4)
+    a.batch(3)
+    state = json.loads(json.dumps(a.state_dict()))  # as a checkpoint stores it
+    expected = a.batch(4)
+    b = PatchSampler25D(cases, context=3, patch_size=(8, 8), flip="in-plane", seed=0)
+    b.load_state_dict(state)
+    got = b.batch(4)
+    for key in expected:
+        assert got[key].equal(expected[key])
+    assert b.batch_at(3, 4)["source"].equal(expected["source"])  # what a loader worker computes
+
+
+def test_sampler_flip_errors():
+    with pytest.raises(ValueError, match="flip"):
+        PatchSampler25D([_coded_case()], flip="up-down")
+    with pytest.raises(ValueError, match="sagittal"):
+        PatchSampler25D([_coded_case()], slice_axis="sagittal", flip="left-right")

@@ -118,8 +118,10 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(data, tmp_pa
 
 def test_gan_with_gradient_penalty_under_ddp_and_sigterm_preemption(data, tmp_path, capsys):
     run, log = tmp_path / "run", tmp_path / "log.txt"
+    # a time-budget cosine schedule: the ranks set their rates from their agreed (mean) elapsed time,
+    # else the rates — and the weights — of the ranks would differ (fingerprints below)
     cfg = tiny(data, "method=nie-dual-attention", "data.patch_size=[16,16]", "train.batch_size=2",
-               "train.checkpoint_every=1", "train.num_workers=1")
+               "train.checkpoint_every=1", "train.num_workers=1", "train.lr_schedule=cosine", "train.minutes=30")
     p = torchrun(["train", *cfg, "--max-steps", "500", "--out", run], log)
     t = time.monotonic()
     while not (ckpt.list_checkpoints(run / "checkpoints")[-1:] and
@@ -143,6 +145,8 @@ def test_gan_with_gradient_penalty_under_ddp_and_sigterm_preemption(data, tmp_pa
     assert recs[-1]["step"] == stopped_at and [r["step"] for r in recs] == list(range(1, stopped_at + 1))
     for key in ("d1/wasserstein", "d1/gp", "d2/bce", "g/att_l1", "g/adv1", "g/adv2"):
         assert all(np.isfinite(r[key]) for r in recs), key
+    lrs = [r["lr/D1"] for r in recs]
+    assert lrs[0] == 1e-4 and all(a > b for a, b in zip(lrs, lrs[1:]))  # annealed by the clock
     # a 2-process checkpoint resumed by one process: allowed, with a warning (the global batch changes)
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--max-steps", str(stopped_at + 1)]) == 0

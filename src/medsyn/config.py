@@ -77,6 +77,11 @@ class DataConfig:
     foreground_fraction: float = 0.9  # share of patch centres drawn inside the mask
     label_fraction: float = 0.0  # share of patch centres drawn inside the label (seg > 0)
     augment: bool = False
+    # random flips of each training patch, the same for its source stack, target and mask (drawn
+    # from the sample's own generator, so resumed runs and loader workers draw the same flips):
+    # "left-right" mirrors the patch across the brain's midline (the canonical RAS grid's first
+    # axis; axial or coronal slices), "in-plane" each in-plane axis independently, "none" off
+    flip: Literal["none", "left-right", "in-plane"] = "none"
     normalization: dict[str, NormConfig] = field(default_factory=dict)  # per modality
     resample: bool = False  # resample modalities onto the first source's grid if they differ
     # preprocessed cache (docs/scaling.md): None → $MEDSYN_CACHE/preprocessed or ~/.cache/medsyn/preprocessed
@@ -94,6 +99,11 @@ class TrainConfig:
     epochs: int = 20
     max_steps: int | None = None
     minutes: float | None = None
+    # learning rates over the run: "method" = the method's own schedule (Nie et al.: step decay
+    # every 2 epochs); "cosine" = every optimiser's rate annealed from its configured value to 0
+    # over the run's budget (train.minutes when set — whichever of time and steps ends first —,
+    # else the steps); its position is saved in checkpoints (training/schedules.py)
+    lr_schedule: Literal["method", "cosine"] = "method"
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process uses cuda:LOCAL_RANK)
     amp: bool = False  # bf16 autocast on CUDA; ignored on CPU (docs/scaling.md)
     compile: bool = False  # torch.compile the generator (critics stay eager: gradient penalties need double backward)
@@ -530,6 +540,9 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'data.context_slices': got {d.context_slices}, expected an odd number ≥ 1 (5 in Nie et al.)")
     if len(d.patch_size) != 2:
         raise ConfigError(f"config key 'data.patch_size': got {d.patch_size}, expected two sizes ≥ 8, e.g. [144, 144]")
+    if d.flip == "left-right" and d.slice_axis == "sagittal":
+        raise ConfigError("config key 'data.flip': 'left-right' mirrors across the midline, which sagittal slices do "
+                          "not hold (left-right is their slice axis); use 'in-plane', 'none', or axial/coronal slices")
 
 
 def method_params(cfg: RunConfig) -> Any:
@@ -539,8 +552,17 @@ def method_params(cfg: RunConfig) -> Any:
     return METHODS.get(cfg.method, key="method").make_params(cfg.params)
 
 
+#: keys added after run folders were written, left out of :func:`config_hash` while at their default,
+#: so a run or cross-validation folder written before them keeps its hash
+HASH_OMITTED_DEFAULTS: dict[tuple[str, str], Any] = {("train", "lr_schedule"): "method", ("data", "flip"): "none"}
+
+
 def config_hash(cfg: RunConfig) -> str:
-    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    d = to_dict(cfg)
+    for (section, key), default in HASH_OMITTED_DEFAULTS.items():
+        if d[section].get(key) == default:
+            del d[section][key]
+    blob = json.dumps(d, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -242,7 +242,7 @@ def make_sampler(cfg, data, seed: int = 0):
     k = d.context_slices if spec.sample_kind == "2.5d" else 1
     return PatchSampler25D(data.train, slice_axis=d.slice_axis, context=k, patch_size=tuple(d.patch_size),
                            foreground_fraction=d.foreground_fraction, label_fraction=d.label_fraction,
-                           augment=d.augment, seed=seed)
+                           augment=d.augment, flip=d.flip, seed=seed)
 
 
 def measure_data(cfg, *, batches: int = 20, seconds: float = 5.0) -> dict[str, Any]:

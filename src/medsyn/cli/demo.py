@@ -30,8 +30,9 @@ def demo_config(minutes: float, device: str, max_steps: int | None) -> dict[str,
         # configs/nie2018_brats_t1_t2_small.yaml's params, but base 16 (tests/test_config.py checks they agree)
         "params": {"base_filters": 16, "lr_g": 1e-3, "loss_region": "foreground", "warmup_steps": 300},
         "data": {"root": "sample", "source": ["t1n"], "target": "t2w", "train": [TRAIN_SUBJECT], "val": [],
-                 "test": [TEST_SUBJECT], "patch_size": [64, 64], "patches_per_subject": 5000},
+                 "test": [TEST_SUBJECT], "patch_size": [64, 64], "patches_per_subject": 5000, "flip": "left-right"},
         "train": {"batch_size": 10, "epochs": 1000, "minutes": minutes, "max_steps": max_steps, "device": device,
+                  "lr_schedule": "cosine",
                   "log_every": 10, "sample_every": 100, "checkpoint_every": 100},
         "inference": {"batch_size": 32},
     }

@@ -23,6 +23,9 @@ import numpy as np
 import torch
 
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+#: ``data.flip`` → the axes of a (C, ph, pw) sample it may flip: -2 is the slice-major view's first
+#: in-plane axis, the canonical grid's left-right axis for axial and coronal slices
+FLIP_AXES = {"none": (), "left-right": (-2,), "in-plane": (-2, -1)}
 
 
 def draw_centre(rng: np.random.Generator, label_points: np.ndarray, fg_points: np.ndarray,
@@ -149,6 +152,11 @@ class PatchSampler25D:
     Patch centres: with probability ``label_fraction`` a random lesion voxel (label > 0, when
     the case has one), else with ``foreground_fraction`` a random foreground voxel, else any voxel.
 
+    ``flip`` (``data.flip``): "left-right" mirrors a sample with probability ½ along the in-plane
+    axis that runs left-right on the canonical RAS grid (the first in-plane axis of axial and
+    coronal slices), "in-plane" each in-plane axis independently with probability ½; the source
+    stack, the target and the mask of a sample are flipped together, after ``augment``.
+
     ``rank``/``world_size`` shard each global batch between distributed processes (see the
     module docstring); :meth:`shard` changes them later. Subclasses that override ``_centre`` or
     ``_augment`` draw from ``self.rng``, which holds the current sample's generator.
@@ -164,17 +172,23 @@ class PatchSampler25D:
         foreground_fraction: float = 0.9,
         label_fraction: float = 0.0,
         augment: bool = False,
+        flip: str = "none",
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
     ):
         if not cases:
             raise ValueError("PatchSampler25D needs at least one case")
+        if flip not in FLIP_AXES:
+            raise ValueError(f"flip: got {flip!r}, expected one of {', '.join(FLIP_AXES)}")
+        if flip == "left-right" and slice_axis == "sagittal":
+            raise ValueError("flip 'left-right': sagittal slices do not hold the left-right axis")
         self.axis = AXES[slice_axis]
         self.k = context
         self.ph, self.pw = patch_size
         self.fg_frac, self.lab_frac = foreground_fraction, label_fraction
         self.augment = augment
+        self.flip_axes = FLIP_AXES[flip]
         self.seed = int(seed)
         self.position = 0  # index of the next sample of the run (global, over all ranks)
         self.rng = self._generator(0)
@@ -247,6 +261,10 @@ class PatchSampler25D:
         if self.augment:
             xa, ya, ma = self._augment(x, y, m)
             x[...], y[...], m[...] = xa, ya, ma
+        for axis in self.flip_axes:  # one draw per axis, from this sample's generator
+            if self.rng.random() < 0.5:
+                for arr in (x, y, m):
+                    arr[...] = np.flip(arr, axis).copy()
 
     def _augment(self, x, y, m):
         """Same flip and small rotation/scale for source, target and mask; intensity on source."""

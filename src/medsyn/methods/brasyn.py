@@ -181,7 +181,7 @@ def _patch_sampler(cfg: Any, data: Any, seed: int) -> Any:
     d = cfg.data
     return PatchSampler25D(data.train, slice_axis=d.slice_axis, context=d.context_slices,
                            patch_size=tuple(d.patch_size), foreground_fraction=d.foreground_fraction,
-                           label_fraction=d.label_fraction, augment=d.augment, seed=seed)
+                           label_fraction=d.label_fraction, augment=d.augment, flip=d.flip, seed=seed)
 
 
 def missing_sampler(base_sampler: Callable[..., Any]) -> Callable[..., MissingContrastSampler]:

@@ -377,7 +377,7 @@ def make_whole_slice_sampler(cfg, data, seed: int) -> WholeSliceSampler:
     d = cfg.data
     return WholeSliceSampler(data.train, slice_axis=d.slice_axis, context=1, patch_size=tuple(d.patch_size),
                              foreground_fraction=d.foreground_fraction, label_fraction=d.label_fraction,
-                             augment=d.augment, seed=seed)
+                             augment=d.augment, flip=d.flip, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------

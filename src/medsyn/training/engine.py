@@ -61,6 +61,7 @@ from medsyn.training import checkpoint as ckpt
 from medsyn.training.allocator import keep_freed_memory
 from medsyn.training.budget import check_patches_fit, check_step_fits
 from medsyn.training.progress import BarOrLines, duration, stamp
+from medsyn.training.schedules import BudgetCosine
 from medsyn.training.distributed import SINGLE, DistContext, params_fingerprint, resolve_device  # noqa: F401
 from medsyn.training.run_dir import RunDir, provenance
 
@@ -324,6 +325,9 @@ class Trainer:
         self.global_batch = cfg.train.batch_size * dist.world_size
         self.steps_per_epoch = max(1, math.ceil(d.patches_per_subject * n_train / self.global_batch))
         self.total_steps = cfg.train.max_steps if cfg.train.max_steps is not None else cfg.train.epochs * self.steps_per_epoch
+        # train.lr_schedule "cosine": the engine sets every rate before each step (replacing the method's decay)
+        self.lr_schedule = (BudgetCosine(self.method.optimizers, minutes=cfg.train.minutes, total_steps=self.total_steps)
+                            if cfg.train.lr_schedule == "cosine" else None)
         self.step, self.epoch, self.best = 0, 0, None
         restored = False
         if self.resume:
@@ -358,7 +362,7 @@ class Trainer:
             return sampler
         return PatchSampler25D(self.data.train, slice_axis=d.slice_axis, context=self.context,
                                patch_size=tuple(d.patch_size), foreground_fraction=d.foreground_fraction,
-                               label_fraction=d.label_fraction, augment=d.augment, seed=seed,
+                               label_fraction=d.label_fraction, augment=d.augment, flip=d.flip, seed=seed,
                                rank=dist.rank, world_size=dist.world_size)
 
     def _preview_batch(self) -> dict[str, torch.Tensor]:
@@ -482,8 +486,14 @@ class Trainer:
             for name, sch in self.method.schedulers.items():
                 sch.load_state_dict(state["schedulers"][name])
             self.step, self.epoch = int(state["step"]), int(state["epoch"])
+            if self.lr_schedule is not None and state.get("lr_schedule") is not None:
+                self.lr_schedule.load_state_dict(state["lr_schedule"])
         except (KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"{source}: training state incomplete or incompatible ({type(e).__name__}: {e})") from None
+        if self.lr_schedule is not None and self.lr_schedule.progress > 0.95:
+            self._log(f"[yellow]train.lr_schedule cosine: {self.lr_schedule.progress:.0%} of the schedule was done[/]; "
+                      "the resumed run anneals only the rest (learning rates near 0). To train on at higher rates, start "
+                      "a new run from these weights or resume with --set train.lr_schedule=method --allow-config-change")
         self.best = state.get("best") or None
         dist = self.dist
         try:
@@ -513,6 +523,7 @@ class Trainer:
         per_rank = per_rank or [{"sampler": self.sampler.state_dict(), "rng": rng_state()}]
         return {"optimizers": {n: o.state_dict() for n, o in self.method.optimizers.items()},
                 "schedulers": {n: s.state_dict() for n, s in self.method.schedulers.items()},
+                "lr_schedule": self.lr_schedule.state_dict() if self.lr_schedule is not None else None,
                 "step": self.step, "epoch": self.epoch, "best": self.best,
                 "sampler": per_rank[0]["sampler"], "rng": per_rank[0]["rng"],
                 "world_size": len(per_rank), "per_rank": per_rank}
@@ -585,16 +596,19 @@ class Trainer:
                 pass
         return old
 
-    def _agree_on_step(self, vals: torch.Tensor, t0: float) -> tuple[torch.Tensor, bool, bool]:
-        """Mean losses over the ranks, and whether any rank got a stop signal / ran out of time."""
+    def _agree_on_step(self, vals: torch.Tensor, t0: float) -> tuple[torch.Tensor, bool, bool, float]:
+        """Mean losses over the ranks, whether any rank got a stop signal / ran out of time, and the
+        ranks' mean elapsed seconds (what the next step's learning rate is computed from, so every
+        rank sets the same rate)."""
+        elapsed = time.monotonic() - t0
         if not self.dist.enabled:
-            return vals, False, False
+            return vals, False, False, elapsed
         minutes = self.cfg.train.minutes
-        flags = torch.tensor([self._stop_signal is not None,
-                              minutes is not None and time.monotonic() - t0 > minutes * 60], dtype=torch.float64)
+        flags = torch.tensor([self._stop_signal is not None, minutes is not None and elapsed > minutes * 60, elapsed],
+                             dtype=torch.float64)
         total = self.dist.all_reduce_sum(torch.cat([vals.to(torch.float64), flags]))
-        n = vals.numel()
-        return (total[:n] / self.dist.world_size).to(torch.float32), bool(total[n] > 0), bool(total[n + 1] > 0)
+        n, w = vals.numel(), self.dist.world_size
+        return (total[:n] / w).to(torch.float32), bool(total[n] > 0), bool(total[n + 1] > 0), float(total[n + 2]) / w
 
     def fit(self) -> TrainResult:
         t_setup = time.monotonic()
@@ -619,10 +633,14 @@ class Trainer:
                 progress = BarOrLines("train", self.total_steps, self.console, start=self.step,
                                       deadline=t0 + budget if budget is not None else None)
             self.method.train()
+            if self.lr_schedule is not None:
+                self.lr_schedule.start(self.step)
             while self.step < self.total_steps:
+                if self.lr_schedule is not None:
+                    self.lr_schedule.apply()
                 losses = self.method.train_step(self.feed, self.step + 1)
                 vals = torch.stack([torch.as_tensor(v, dtype=torch.float32).detach().cpu().reshape(()) for v in losses.values()])
-                vals, signal_any, time_any = self._agree_on_step(vals, t0)
+                vals, signal_any, time_any, elapsed = self._agree_on_step(vals, t0)
                 if not bool(torch.isfinite(vals).all()):
                     bad = [k for k, v in zip(losses, vals.tolist()) if not math.isfinite(v)]
                     last = ckpt.list_checkpoints(self.run.checkpoints)
@@ -632,6 +650,8 @@ class Trainer:
                         "(params.lr_*) or enable gradient clipping, then resume with --resume"
                     )
                 self.step += 1
+                if self.lr_schedule is not None:  # the ranks agree on elapsed: they set the same rates
+                    self.lr_schedule.update(self.step, elapsed)
                 for k, v in zip(losses, vals.tolist()):
                     sums[k] = sums.get(k, 0.0) + v
                 n_sum += 1
