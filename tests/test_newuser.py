@@ -518,3 +518,29 @@ def test_progress_lines_eta_respects_the_time_budget(monkeypatch):
     now[0] = 180.0
     free.update(500)  # no budget: steps left × s/step = 500 × 0.1 s
     assert "ETA 50 s" in out[-1] and "time budget" not in out[-1]
+
+
+# ------------------------------------------------------------------ what is recorded for the user
+def test_percentile_normalisation_is_recorded_without_the_ct_window(tmp_path):
+    """config.yaml (and the report's copy) lists a normalisation's own fields only; the config read
+    back is the same config, so config_hash and --resume of older run folders do not change."""
+    import yaml
+
+    from medsyn.config import config_hash, readable_dict, to_dict
+    from medsyn.training.run_dir import RunDir
+
+    cfg = load_config("nie2018_brats_t1_t2", ["data.normalization.ct={kind: window, low: -1000, high: 2000}"])
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_config(cfg)
+    norm = yaml.safe_load(run.config_path.read_text())["data"]["normalization"]
+    assert norm["t1n"] == {"kind": "percentile", "lower": 0.5, "upper": 99.5}  # no low/high/clip
+    assert norm["ct"] == {"kind": "window", "low": -1000, "high": 2000}
+    assert config_hash(run.read_config()) == config_hash(cfg)
+    # a config.yaml written before (every field of every kind) reads as the same config
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    assert config_hash(build_config(yaml.safe_load((tmp_path / "old.yaml").read_text()))) == config_hash(cfg)
+    # a field of another kind set away from its default is kept (reading back stays exact)
+    odd = load_config("nie2018_brats_t1_t2", ["data.normalization.t1n.clip=3"])
+    assert readable_dict(odd)["data"]["normalization"]["t1n"]["clip"] == 3
+    assert config_hash(build_config(readable_dict(odd))) == config_hash(odd)

@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from medsyn import __version__
+from medsyn.config import readable_dict
 from medsyn.data.dataset import split_notes
 from medsyn.errors import ConfigError, DatasetError, MedsynError
 from medsyn.io.image import atomic_write_bytes, make_output_dir
@@ -375,8 +376,10 @@ def _images_and_analysis(info: RunInfo, ev: RunEvaluation, files: Path, prefix: 
 def _run_section(i: int, info: RunInfo, ev: RunEvaluation, files: Path, asked: list[str] | None, log: Log) -> Section:
     prefix = f"{i + 1:02d}-{slug(info.label)}"
     subs = [Section("Overview", _overview(info, ev), level=3)]
-    subs.append(Section("Configuration", [Text("The resolved configuration (`config.yaml`: every default written out)."),
-                                           Details("config.yaml", [Code(yaml.safe_dump(info.config, sort_keys=False), "yaml")])],
+    shown = readable_dict(info.cfg) if info.cfg is not None else info.config  # an older config.yaml: no CT window in an MR recipe
+    subs.append(Section("Configuration", [Text("The resolved configuration (`config.yaml`: every default written out; a "
+                                                "normalisation lists the fields its kind reads)."),
+                                           Details("config.yaml", [Code(yaml.safe_dump(shown, sort_keys=False), "yaml")])],
                         level=3))
     subs.append(Section("Data and splits", _data_section(info), level=3))
     subs.append(Section("Training curves", _curves(info, files, prefix), level=3))
