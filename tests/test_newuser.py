@@ -131,7 +131,7 @@ def test_report_to_an_unwritable_place_exits_2_without_traceback(tmp_path, capsy
     (run / "config.yaml").write_text("method: nie-dual-attention\n")
     blocker = tmp_path / "a-file"
     blocker.write_text("x")  # a folder cannot be made under a file: as a read-only place, also for root
-    assert main(["report", str(run), "--out", str(blocker / "r.html")]) == 2
+    assert main(["report", str(run), "--out", str(blocker / "r")]) == 2
     err = capsys.readouterr().err
     assert "a-file" in err and "writable --out" in err and "Traceback" not in err
 
@@ -139,14 +139,42 @@ def test_report_to_an_unwritable_place_exits_2_without_traceback(tmp_path, capsy
 def test_evaluate_and_report_refuse_to_overwrite_without_force(tmp_path, capsys):
     from medsyn.cli.main import main
 
-    out = tmp_path / "m.json"
-    out.write_text("{}")
-    assert main(["evaluate", "--pred", str(tmp_path), "--ref", "sample", "--modality", "t2w", "--out", str(out)]) == 2
-    assert "--force" in capsys.readouterr().err and out.read_text() == "{}"
-    html = tmp_path / "r.html"
+    (tmp_path / "m").mkdir()
+    out = tmp_path / "m" / "metrics.csv"
+    out.write_text("old")
+    assert main(["evaluate", "--pred", str(tmp_path), "--ref", "sample", "--modality", "t2w", "--out", str(tmp_path / "m")]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_text() == "old"
+    (tmp_path / "r").mkdir()
+    html = tmp_path / "r" / "report.html"
     html.write_text("old")
-    assert main(["report", str(tmp_path), "--out", str(html)]) == 2
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "--force" in capsys.readouterr().err and html.read_text() == "old"
+
+
+@pytest.mark.parametrize("verb,old", [("evaluate", "m.json"), ("evaluate", "m.csv"), ("report", "r.html"), ("report", "r.md")])
+def test_out_is_a_folder_for_verbs_that_write_several_files(verb, old, tmp_path, capsys):
+    """evaluate and report: --out is a folder, as for train, predict, crossval and demo. The older
+    file spelling is refused with the new one; a file at --out is refused even with --force."""
+    from medsyn.cli.main import main
+
+    args = {"evaluate": ["evaluate", str(tmp_path), "sample", "--modality", "t2w"], "report": ["report", str(tmp_path)]}[verb]
+    assert main([*args, "--out", str(tmp_path / old)]) == 2
+    err = capsys.readouterr().err
+    assert "--out is a folder now" in err and f"--out {tmp_path / old.split('.')[0]}" in err and "Traceback" not in err
+    assert not (tmp_path / old).exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for force in ([], ["--force"]):
+        assert main([*args, "--out", str(blocker), *force]) == 2
+        assert "is a file; --out names the folder" in capsys.readouterr().err and blocker.read_text() == "x"
+
+
+def test_help_says_out_is_a_folder(capsys):
+    from medsyn.cli.main import main
+
+    for verb, names in (("evaluate", "metrics.json and metrics.csv"), ("report", "report.html, report.md")):
+        main([verb, "--help"])
+        assert names in " ".join(capsys.readouterr().out.replace("│", " ").split()), verb
 
 
 # ------------------------------------------------------------------ the run-folder lock
@@ -468,7 +496,7 @@ def test_version_and_positional_evaluate(tmp_path, capsys):
     from medsyn.cli.main import main
 
     assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"medsyn {__version__}"
-    assert main(["evaluate", "--modality", "t2w", "--out", str(tmp_path / "m.json")]) == 2
+    assert main(["evaluate", "--modality", "t2w", "--out", str(tmp_path / "m")]) == 2
     assert "missing PRED" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path), "sample", "--pred", str(tmp_path / "x"), "--modality", "t2w"]) == 2
     assert "PRED and --pred both given" in capsys.readouterr().err
@@ -483,9 +511,10 @@ def test_evaluate_takes_positional_inputs_like_predict_and_report(tiny_run, tmp_
 
     shutil.copytree(sample_root() / TEST, tmp_path / "in" / TEST)
     assert main(["predict", str(tiny_run), str(tmp_path / "in" / TEST), "--out", str(tmp_path / "pred")]) == 0
-    out = tmp_path / "m.json"
+    out = tmp_path / "m"
     assert main(["evaluate", str(tmp_path / "pred"), "sample", "--modality", "t2w", "--out", str(out)]) == 0
-    assert TEST in json.loads(out.read_text())["subjects"]
+    assert TEST in json.loads((out / "metrics.json").read_text())["subjects"]
+    assert main(["evaluate", str(tmp_path / "pred"), "sample", "--modality", "t2w", "--out", str(out)]) == 2
     assert main(["evaluate", str(tmp_path / "pred"), "sample", "--modality", "t2w", "--out", str(out), "--force"]) == 0
 
 

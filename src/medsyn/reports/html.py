@@ -2,9 +2,9 @@
 
 ::
 
-    medsyn report RUN_DIR [RUN_DIR ...] [--pred DIR ... --ref DATASET] [--subjects A,B] --out report.html
+    medsyn report RUN_DIR [RUN_DIR ...] [--pred DIR ... --ref DATASET] [--subjects A,B] --out FOLDER
 
-writes ``report.html`` (CSS inline, every image a data URI: the file alone is the report),
+writes into FOLDER ``report.html`` (CSS inline, every image a data URI: the file alone is the report),
 ``report.md`` (the same content; figures linked), ``report_files/*.png`` (every figure) and
 ``report_files/predictions/<run>/`` (the volumes the report predicted), and ``MODEL_CARD.md`` into
 each run folder.
