@@ -573,3 +573,13 @@ def test_percentile_normalisation_is_recorded_without_the_ct_window(tmp_path):
     odd = load_config("nie2018_brats_t1_t2", ["data.normalization.t1n.clip=3"])
     assert readable_dict(odd)["data"]["normalization"]["t1n"]["clip"] == 3
     assert config_hash(build_config(readable_dict(odd))) == config_hash(odd)
+
+
+def test_force_is_the_overwrite_flag_of_every_verb(capsys):
+    """--force wherever something could be overwritten; prepare keeps --overwrite as an alias."""
+    from medsyn.cli.main import main
+
+    for verb in (["predict"], ["evaluate"], ["report"], ["reader-study", "analyse"], ["prepare", "motion"],
+                 ["prepare", "denoise"], ["prepare", "translation-2d"], ["prepare", "ct-phantom"]):
+        main([*verb, "--help"])
+        assert "--force" in capsys.readouterr().out, verb
