@@ -485,7 +485,31 @@ def test_demo_says_what_was_trained():
     assert f"trained on ONE subject (BraTS-MET-00110-000) for 16 of {planned} planned steps (" in text
     assert f"{100 * 16 / planned:.2g} %, 3 min 5 s" in text
     assert "stopped by the time budget" in text and "held-out BraTS-GLI-00000-000" in text
-    assert "fully trained demo model on this pair" in text
+    assert "The same configuration trained much longer" in text or "not recorded yet" in text
+
+
+def test_demo_quotes_a_recorded_reference_the_docs_agree_with(monkeypatch):
+    """TRAINED_REFERENCE: the figure and how it was obtained; docs/nie2018.md quotes the same."""
+    from pathlib import Path
+
+    from medsyn.cli import demo
+
+    ref = {"psnr": 23.456, "ssim": 0.8123, "mae": 51.2, "steps": 1234, "minutes": 75, "device": "one CPU thread",
+           "date": "2026-12-01", "command": "medsyn demo --minutes 75 --device cpu"}
+    monkeypatch.setattr(demo, "TRAINED_REFERENCE", ref)
+    text = demo.what_was_trained(build_config(demo.demo_config(3.0, "cpu", None)), 16, 185.0, "minutes")
+    assert ("trained much longer (1234 steps, 75 min on one CPU thread, 2026-12-01) reaches on this held-out "
+            "subject: foreground PSNR 23.46 dB, SSIM 0.812, MAE 51.2") in text
+    monkeypatch.undo()
+    docs = (Path(__file__).parents[1] / "docs" / "nie2018.md").read_text()
+    if demo.TRAINED_REFERENCE is None:
+        assert "not recorded yet" in docs.split("## The demo")[1].split("\n## ")[0]
+    else:
+        assert set(demo.REFERENCE_KEYS) <= set(demo.TRAINED_REFERENCE)
+        section = docs.split("## The demo")[1].split("\n## ")[0]
+        r = demo.TRAINED_REFERENCE
+        assert f"{r['psnr']:.2f} dB" in section and f"{r['ssim']:.3f}" in section and str(r["steps"]) in section
+        assert r["command"] in section
 
 
 # ------------------------------------------------------------------ one grammar for all verbs
