@@ -482,6 +482,27 @@ def write_report(run_dirs: list[Path], out: Path, *, pred_dirs: list[Path] | Non
     crossval = {i: p for i, p in enumerate(run_dirs) if is_crossval_dir(p)}
     infos = [load_run_info(first_fold_run(p) if i in crossval else p, lab)
              for i, (p, lab) in enumerate(zip(run_dirs, labels))]
+    made = [p for p in (out.parent / f"{out.stem}_files", out.parent) if not p.exists()]
+    try:
+        return _write_report(run_dirs, out, infos, labels, crossval, pred_dirs, ref, subjects, device, log, study)
+    except BaseException:  # refused or interrupted: leave no half-made report folder behind
+        for p in made:
+            if p == out.parent:
+                _rmdir_quietly(p)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+        raise
+
+
+def _rmdir_quietly(path: Path) -> None:
+    try:
+        path.rmdir()  # only when empty
+    except OSError:
+        pass
+
+
+def _write_report(run_dirs: list[Path], out: Path, infos: list, labels: list[str], crossval: dict, pred_dirs: list[Path],
+                  ref: str | Path | None, subjects: list[str] | None, device: str, log: Log, study: Path | None) -> Path:
     files = make_output_dir(out.parent / f"{out.stem}_files")
     for old in files.glob("*.png"):  # figures of an earlier report with the same name
         old.unlink()
