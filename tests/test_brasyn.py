@@ -158,9 +158,9 @@ def test_train_then_complete_a_brats2023_dataset(tmp_path, capsys):
 
     # medsyn evaluate finds a prediction named in the dataset's own layout
     rc, _, err = cli(capsys, "evaluate", "--pred", out, "--ref", "sample", "--modality", "t2w", "--metrics", "mae",
-                     "--out", tmp_path / "m.json")
+                     "--out", tmp_path / "m")
     assert rc == 0, err
-    assert list(json.loads((tmp_path / "m.json").read_text())["subjects"]) == [SAMPLE_GLI]
+    assert list(json.loads((tmp_path / "m" / "metrics.json").read_text())["subjects"]) == [SAMPLE_GLI]
 
     # the completed folder reads back as the same layout with the synthesised contrast
     shutil.copy(written, data / SAMPLE_GLI / written.name)
@@ -234,9 +234,9 @@ def test_segmenter_dice_real_vs_completed(tmp_path, capsys):
     noise = np.random.default_rng(0).uniform(0, 1000, real_b.shape).astype(np.float32)
     (pred / "b").mkdir()
     nib.save(nib.Nifti1Image(noise, real_b.affine), pred / "b" / "b-t1c.nii.gz")
-    rc, stdout, err = cli(capsys, "evaluate", "--segmenter", run, "--pred", pred, "--ref", data, "--out", tmp_path / "d.json")
+    rc, stdout, err = cli(capsys, "evaluate", "--segmenter", run, "--pred", pred, "--ref", data, "--out", tmp_path / "d")
     assert rc == 0, err
-    res = json.loads((tmp_path / "d.json").read_text())
+    res = json.loads((tmp_path / "d" / "downstream.json").read_text())
     a, b = res["per_subject"]["a"], res["per_subject"]["b"]
     assert a["synthesised"] == ["t2w"] and b["synthesised"] == ["t1c"]
     assert a["real"] == a["completed"] and set(a["real"]) == {"1", "2", "3", "WT", "TC", "ET"}
@@ -247,7 +247,7 @@ def test_segmenter_dice_real_vs_completed(tmp_path, capsys):
     # a reference without the label → one line, exit 2
     (pred / "c").mkdir()
     shutil.copy(data / "c" / "t2w.nii.gz", pred / "c" / "c-t2w.nii.gz")
-    rc, _, err = cli(capsys, "evaluate", "--segmenter", run, "--pred", pred, "--ref", data, "--out", tmp_path / "e.json")
+    rc, _, err = cli(capsys, "evaluate", "--segmenter", run, "--pred", pred, "--ref", data, "--out", tmp_path / "e")
     assert rc == 2 and "subject 'c' has no 'seg' label" in " ".join(err.split()) and "Traceback" not in err
 
 

@@ -135,15 +135,15 @@ def test_resume_a_folder_that_is_not_a_run(capsys, tmp_path):
 
 def test_evaluate_missing_prediction_folder(capsys, tmp_path, sample):
     missing = tmp_path / "no-preds"
-    out = tmp_path / "metrics.json"
+    out = tmp_path / "eval"
     rc, _, err = run_cli(capsys, "evaluate", "--pred", missing, "--ref", sample, "--modality", "t2w", "--out", out)
     assert_user_error(rc, err, str(missing), "not found")
-    assert not out.exists() and not out.with_suffix(".csv").exists()
+    assert not out.exists()
 
 
 def test_evaluate_prediction_of_a_subject_not_in_the_reference(capsys, workspace, tmp_path, sample):
     before = snapshot(workspace["pred"])
-    out = tmp_path / "metrics.json"
+    out = tmp_path / "eval"
     rc, _, err = run_cli(capsys, "evaluate", "--pred", workspace["pred"], "--ref", sample, "--modality", "t2w",
                          "--out", out)
     assert_user_error(rc, err, "'tiny01'")
@@ -153,5 +153,5 @@ def test_evaluate_prediction_of_a_subject_not_in_the_reference(capsys, workspace
 
 def test_evaluate_bad_data_range(capsys, workspace, tmp_path):
     rc, _, err = run_cli(capsys, "evaluate", "--pred", workspace["pred"], "--ref", workspace["base"] / "inputs",
-                         "--modality", "t2w", "--data-range", "wide", "--out", tmp_path / "m.json")
+                         "--modality", "t2w", "--data-range", "wide", "--out", tmp_path / "m")
     assert_user_error(rc, err, "--data-range", "'wide'")

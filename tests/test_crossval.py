@@ -74,9 +74,8 @@ def test_leave_one_out_on_the_sample_trains_predicts_scores_resumes_and_reports(
                  "--set", "params.base_filters=8"]) == 2
     assert "another config" in capsys.readouterr().err
     # medsyn report reads the cross-validation folder
-    html = tmp_path / "r.html"
-    assert main(["report", str(out), "--out", str(html)]) == 0
-    text = html.read_text()
+    assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "report.html").read_text()
     assert "Cross-validation" in text and "BraTS-MET-00110-000" in text
 
 

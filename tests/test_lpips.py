@@ -263,19 +263,19 @@ def test_evaluate_cli_with_and_without_weights(tmp_path, files, capsys):
     pred_dir.mkdir(parents=True)
     noisy = arr + np.random.default_rng(0).normal(0, 20, arr.shape).astype(np.float32) * (arr > 0)
     nib.save(nib.Nifti1Image(noisy, img.affine, img.header), pred_dir / "t2w.nii.gz")
-    out = tmp_path / "m.json"
+    out = tmp_path / "m"
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", "sample", "--modality", "t2w",
                  "--metrics", "mae,psnr", "--lpips-weights", str(HEADS["alex"]),
                  "--lpips-backbone", str(files["alex"]), "--out", str(out)]) == 0
-    res = json.loads(out.read_text())
+    res = json.loads((out / "metrics.json").read_text())
     assert res["settings"]["metrics"] == ["mae", "psnr", "lpips"]
     assert res["settings"]["lpips"]["net"] == "alex" and res["settings"]["lpips"]["backbone"] == str(files["alex"])
     v = res["subjects"][sid]["foreground"]["lpips"]
     assert v > 0 and res["summary"]["foreground"]["lpips"]["mean"] == pytest.approx(v)
-    assert "lpips" in (tmp_path / "m.csv").read_text().splitlines()[0]
+    assert "lpips" in (out / "metrics.csv").read_text().splitlines()[0]
     capsys.readouterr()
     # asked for without weights: one clear line, exit 2, nothing written
-    out2 = tmp_path / "m2.json"
+    out2 = tmp_path / "m2"
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", "sample", "--modality", "t2w",
                  "--metrics", "mae,lpips", "--out", str(out2)]) == 2
     err = capsys.readouterr().err

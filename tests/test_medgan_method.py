@@ -454,10 +454,9 @@ def test_train_predict_evaluate_on_the_motion_task(cache, vgg_file, tmp_path):
     src, out = nib.load(str(data / SAMPLE_GLI / "t2w_motion.nii.gz")), nib.load(str(pred / SAMPLE_GLI / "t2w.nii.gz"))
     assert out.shape == src.shape and np.allclose(out.affine, src.affine)
     assert np.isfinite(np.asarray(out.dataobj)).all()
-    metrics = tmp_path / "metrics.json"
     assert main(["evaluate", "--pred", str(pred), "--ref", "prepared:motion", "--modality", "t2w",
-                 "--out", str(metrics)]) == 0
-    res = json.loads(metrics.read_text())
+                 "--out", str(tmp_path / "eval")]) == 0
+    res = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert res["summary"]["foreground"]["psnr"]["mean"] > 0
 
 

@@ -131,7 +131,7 @@ def test_report_to_an_unwritable_place_exits_2_without_traceback(tmp_path, capsy
     (run / "config.yaml").write_text("method: nie-dual-attention\n")
     blocker = tmp_path / "a-file"
     blocker.write_text("x")  # a folder cannot be made under a file: as a read-only place, also for root
-    assert main(["report", str(run), "--out", str(blocker / "r.html")]) == 2
+    assert main(["report", str(run), "--out", str(blocker / "r")]) == 2
     err = capsys.readouterr().err
     assert "a-file" in err and "writable --out" in err and "Traceback" not in err
 
@@ -139,14 +139,42 @@ def test_report_to_an_unwritable_place_exits_2_without_traceback(tmp_path, capsy
 def test_evaluate_and_report_refuse_to_overwrite_without_force(tmp_path, capsys):
     from medsyn.cli.main import main
 
-    out = tmp_path / "m.json"
-    out.write_text("{}")
-    assert main(["evaluate", "--pred", str(tmp_path), "--ref", "sample", "--modality", "t2w", "--out", str(out)]) == 2
-    assert "--force" in capsys.readouterr().err and out.read_text() == "{}"
-    html = tmp_path / "r.html"
+    (tmp_path / "m").mkdir()
+    out = tmp_path / "m" / "metrics.csv"
+    out.write_text("old")
+    assert main(["evaluate", "--pred", str(tmp_path), "--ref", "sample", "--modality", "t2w", "--out", str(tmp_path / "m")]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_text() == "old"
+    (tmp_path / "r").mkdir()
+    html = tmp_path / "r" / "report.html"
     html.write_text("old")
-    assert main(["report", str(tmp_path), "--out", str(html)]) == 2
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "--force" in capsys.readouterr().err and html.read_text() == "old"
+
+
+@pytest.mark.parametrize("verb,old", [("evaluate", "m.json"), ("evaluate", "m.csv"), ("report", "r.html"), ("report", "r.md")])
+def test_out_is_a_folder_for_verbs_that_write_several_files(verb, old, tmp_path, capsys):
+    """evaluate and report: --out is a folder, as for train, predict, crossval and demo. The older
+    file spelling is refused with the new one; a file at --out is refused even with --force."""
+    from medsyn.cli.main import main
+
+    args = {"evaluate": ["evaluate", str(tmp_path), "sample", "--modality", "t2w"], "report": ["report", str(tmp_path)]}[verb]
+    assert main([*args, "--out", str(tmp_path / old)]) == 2
+    err = capsys.readouterr().err
+    assert "--out is a folder now" in err and f"--out {tmp_path / old.split('.')[0]}" in err and "Traceback" not in err
+    assert not (tmp_path / old).exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for force in ([], ["--force"]):
+        assert main([*args, "--out", str(blocker), *force]) == 2
+        assert "is a file; --out names the folder" in capsys.readouterr().err and blocker.read_text() == "x"
+
+
+def test_help_says_out_is_a_folder(capsys):
+    from medsyn.cli.main import main
+
+    for verb, names in (("evaluate", "metrics.json and metrics.csv"), ("report", "report.html, report.md")):
+        main([verb, "--help"])
+        assert names in " ".join(capsys.readouterr().out.replace("│", " ").split()), verb
 
 
 # ------------------------------------------------------------------ the run-folder lock
@@ -457,7 +485,31 @@ def test_demo_says_what_was_trained():
     assert f"trained on ONE subject (BraTS-MET-00110-000) for 16 of {planned} planned steps (" in text
     assert f"{100 * 16 / planned:.2g} %, 3 min 5 s" in text
     assert "stopped by the time budget" in text and "held-out BraTS-GLI-00000-000" in text
-    assert "fully trained demo model on this pair" in text
+    assert "The same configuration trained much longer" in text or "not recorded yet" in text
+
+
+def test_demo_quotes_a_recorded_reference_the_docs_agree_with(monkeypatch):
+    """TRAINED_REFERENCE: the figure and how it was obtained; docs/nie2018.md quotes the same."""
+    from pathlib import Path
+
+    from medsyn.cli import demo
+
+    ref = {"psnr": 23.456, "ssim": 0.8123, "mae": 51.2, "steps": 1234, "minutes": 75, "device": "one CPU thread",
+           "date": "2026-12-01", "command": "medsyn demo --minutes 75 --device cpu"}
+    monkeypatch.setattr(demo, "TRAINED_REFERENCE", ref)
+    text = demo.what_was_trained(build_config(demo.demo_config(3.0, "cpu", None)), 16, 185.0, "minutes")
+    assert ("trained much longer (1234 steps, 75 min on one CPU thread, 2026-12-01) reaches on this held-out "
+            "subject: foreground PSNR 23.46 dB, SSIM 0.812, MAE 51.2") in text
+    monkeypatch.undo()
+    docs = (Path(__file__).parents[1] / "docs" / "nie2018.md").read_text()
+    if demo.TRAINED_REFERENCE is None:
+        assert "not recorded yet" in docs.split("## The demo")[1].split("\n## ")[0]
+    else:
+        assert set(demo.REFERENCE_KEYS) <= set(demo.TRAINED_REFERENCE)
+        section = docs.split("## The demo")[1].split("\n## ")[0]
+        r = demo.TRAINED_REFERENCE
+        assert f"{r['psnr']:.2f} dB" in section and f"{r['ssim']:.3f}" in section and str(r["steps"]) in section
+        assert r["command"] in section
 
 
 # ------------------------------------------------------------------ one grammar for all verbs
@@ -468,7 +520,7 @@ def test_version_and_positional_evaluate(tmp_path, capsys):
     from medsyn.cli.main import main
 
     assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"medsyn {__version__}"
-    assert main(["evaluate", "--modality", "t2w", "--out", str(tmp_path / "m.json")]) == 2
+    assert main(["evaluate", "--modality", "t2w", "--out", str(tmp_path / "m")]) == 2
     assert "missing PRED" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path), "sample", "--pred", str(tmp_path / "x"), "--modality", "t2w"]) == 2
     assert "PRED and --pred both given" in capsys.readouterr().err
@@ -483,9 +535,10 @@ def test_evaluate_takes_positional_inputs_like_predict_and_report(tiny_run, tmp_
 
     shutil.copytree(sample_root() / TEST, tmp_path / "in" / TEST)
     assert main(["predict", str(tiny_run), str(tmp_path / "in" / TEST), "--out", str(tmp_path / "pred")]) == 0
-    out = tmp_path / "m.json"
+    out = tmp_path / "m"
     assert main(["evaluate", str(tmp_path / "pred"), "sample", "--modality", "t2w", "--out", str(out)]) == 0
-    assert TEST in json.loads(out.read_text())["subjects"]
+    assert TEST in json.loads((out / "metrics.json").read_text())["subjects"]
+    assert main(["evaluate", str(tmp_path / "pred"), "sample", "--modality", "t2w", "--out", str(out)]) == 2
     assert main(["evaluate", str(tmp_path / "pred"), "sample", "--modality", "t2w", "--out", str(out), "--force"]) == 0
 
 
@@ -518,3 +571,39 @@ def test_progress_lines_eta_respects_the_time_budget(monkeypatch):
     now[0] = 180.0
     free.update(500)  # no budget: steps left × s/step = 500 × 0.1 s
     assert "ETA 50 s" in out[-1] and "time budget" not in out[-1]
+
+
+# ------------------------------------------------------------------ what is recorded for the user
+def test_percentile_normalisation_is_recorded_without_the_ct_window(tmp_path):
+    """config.yaml (and the report's copy) lists a normalisation's own fields only; the config read
+    back is the same config, so config_hash and --resume of older run folders do not change."""
+    import yaml
+
+    from medsyn.config import config_hash, readable_dict, to_dict
+    from medsyn.training.run_dir import RunDir
+
+    cfg = load_config("nie2018_brats_t1_t2", ["data.normalization.ct={kind: window, low: -1000, high: 2000}"])
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_config(cfg)
+    norm = yaml.safe_load(run.config_path.read_text())["data"]["normalization"]
+    assert norm["t1n"] == {"kind": "percentile", "lower": 0.5, "upper": 99.5}  # no low/high/clip
+    assert norm["ct"] == {"kind": "window", "low": -1000, "high": 2000}
+    assert config_hash(run.read_config()) == config_hash(cfg)
+    # a config.yaml written before (every field of every kind) reads as the same config
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    assert config_hash(build_config(yaml.safe_load((tmp_path / "old.yaml").read_text()))) == config_hash(cfg)
+    # a field of another kind set away from its default is kept (reading back stays exact)
+    odd = load_config("nie2018_brats_t1_t2", ["data.normalization.t1n.clip=3"])
+    assert readable_dict(odd)["data"]["normalization"]["t1n"]["clip"] == 3
+    assert config_hash(build_config(readable_dict(odd))) == config_hash(odd)
+
+
+def test_force_is_the_overwrite_flag_of_every_verb(capsys):
+    """--force wherever something could be overwritten; prepare keeps --overwrite as an alias."""
+    from medsyn.cli.main import main
+
+    for verb in (["predict"], ["evaluate"], ["report"], ["reader-study", "analyse"], ["prepare", "motion"],
+                 ["prepare", "denoise"], ["prepare", "translation-2d"], ["prepare", "ct-phantom"]):
+        main([*verb, "--help"])
+        assert "--force" in capsys.readouterr().out, verb

@@ -72,24 +72,23 @@ def test_predict_keeps_geometry_and_units_then_evaluate(trained, tmp_path):
     assert main(["predict", str(trained), str(sample_root() / TEST), "--out", str(pred_dir)]) == 2
     assert (pred_dir / TEST / "t2w.nii.gz").read_bytes() == before
 
-    metrics = tmp_path / "metrics.json"
-    assert main(["evaluate", "--pred", str(pred_dir), "--ref", "sample", "--modality", "t2w", "--out", str(metrics)]) == 0
-    res = json.loads(metrics.read_text())
+    assert main(["evaluate", "--pred", str(pred_dir), "--ref", "sample", "--modality", "t2w", "--out", str(tmp_path / "eval")]) == 0
+    res = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     regions = res["subjects"][TEST]
     assert {"foreground", "tumour", "healthy"} <= set(regions)
     assert regions["foreground"]["mae"] > 0
     assert res["summary"]["foreground"]["psnr"]["mean"] == pytest.approx(regions["foreground"]["psnr"])
     assert "data_range" in res["settings"] and "mask" in res["settings"]
-    assert (tmp_path / "metrics.csv").is_file()
+    assert (tmp_path / "eval" / "metrics.csv").is_file()
 
 
 def test_evaluate_reference_against_itself(tmp_path):
     pred = tmp_path / "pred" / TEST
     pred.mkdir(parents=True)
     shutil.copy(sample_root() / TEST / "t2w.nii.gz", pred / "t2w.nii.gz")
-    out = tmp_path / "m.json"
+    out = tmp_path / "m"
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", "sample", "--modality", "t2w", "--out", str(out)]) == 0
-    fg = json.loads(out.read_text())["subjects"][TEST]["foreground"]
+    fg = json.loads((out / "metrics.json").read_text())["subjects"][TEST]["foreground"]
     assert fg["mae"] == 0
     assert fg["psnr"] == "inf"  # documented: no cap
     assert fg["ssim"] == pytest.approx(1.0)

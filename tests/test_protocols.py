@@ -245,26 +245,26 @@ def run(capsys, *args) -> tuple[int, str]:
 ])
 def test_cli_protocol_on_files_equals_official(capsys, tmp_path, protocol, kind, want):
     pred, ref = write_case(tmp_path, kind)
-    out = tmp_path / "m.json"
+    out = tmp_path / "m"
     rc, err = run(capsys, "evaluate", "--pred", pred, "--ref", ref, "--modality", "t2w" if kind == "mr" else "ct",
                   "--protocol", protocol, "--out", out)
     assert rc == 0, err
-    res = json.loads(out.read_text())
+    res = json.loads((out / "metrics.json").read_text())
     assert set(res) == {"subjects", "summary", "settings"}
     assert res["settings"]["protocol"] == protocol
     for region, metrics in want.items():
         assert_close(res["subjects"][SID][region], metrics)
         assert_close({m: res["summary"][region][m]["mean"] for m in metrics}, metrics)
-    assert out.with_suffix(".csv").is_file()
+    assert (out / "metrics.csv").is_file()
 
 
 def test_cli_default_protocol_is_named_in_settings(capsys, tmp_path):
     pred, ref = write_case(tmp_path, "ct")
-    out = tmp_path / "m.json"
+    out = tmp_path / "m"
     rc, err = run(capsys, "evaluate", "--pred", pred, "--ref", ref, "--modality", "ct", "--metrics", "mae",
                   "--out", out)
     assert rc == 0, err
-    assert json.loads(out.read_text())["settings"]["protocol"] == "default"
+    assert json.loads((out / "metrics.json").read_text())["settings"]["protocol"] == "default"
 
 
 def one_line(rc: int, err: str, *words: str) -> str:
@@ -281,7 +281,7 @@ def one_line(rc: int, err: str, *words: str) -> str:
                                                   ("synthrad2025", "ct", "mask")])
 def test_cli_protocol_without_its_label_or_mask(capsys, tmp_path, protocol, kind, needs):
     pred, ref = write_case(tmp_path, kind, with_aux=False)
-    out = tmp_path / "m.json"
+    out = tmp_path / "m"
     rc, err = run(capsys, "evaluate", "--pred", pred, "--ref", ref, "--modality", "t2w" if kind == "mr" else "ct",
                   "--protocol", protocol, "--out", out)
     one_line(rc, err, str(ref / SID), protocol, needs, SID)
@@ -292,7 +292,7 @@ def test_cli_protocol_without_its_label_or_mask(capsys, tmp_path, protocol, kind
 def test_cli_synthrad_refuses_a_non_ct_modality(capsys, tmp_path, protocol):
     pred, ref = write_case(tmp_path, "mr")
     rc, err = run(capsys, "evaluate", "--pred", pred, "--ref", ref, "--modality", "t2w", "--protocol", protocol,
-                  "--out", tmp_path / "m.json")
+                  "--out", tmp_path / "m")
     one_line(rc, err, protocol, "'t2w'", "Hounsfield")
 
 
@@ -300,19 +300,19 @@ def test_cli_synthrad_refuses_a_ct_named_volume_without_hounsfield_units(capsys,
     pred, ref = write_case(tmp_path, "mr", modality="ct")  # MR values filed as "ct"
     write_nii(ref / SID / "mask.nii.gz", fixture_case("ct")[2], AFFINE)
     rc, err = run(capsys, "evaluate", "--pred", pred, "--ref", ref, "--modality", "ct", "--protocol", "synthrad2025",
-                  "--out", tmp_path / "m.json")
+                  "--out", tmp_path / "m")
     one_line(rc, err, str(ref / SID / "ct.nii.gz"), "synthrad2025", "Hounsfield")
 
 
 def test_cli_unknown_protocol_names_the_closest(capsys, tmp_path):
     pred, ref = write_case(tmp_path, "ct")
     rc, err = run(capsys, "evaluate", "--pred", pred, "--ref", ref, "--modality", "ct", "--protocol", "synthrad2024",
-                  "--out", tmp_path / "m.json")
+                  "--out", tmp_path / "m")
     one_line(rc, err, "--protocol", "synthrad2024", "did you mean", "synthrad202")
 
 
 def test_cli_protocol_refuses_its_own_metrics_list(capsys, tmp_path):
     pred, ref = write_case(tmp_path, "ct")
     rc, err = run(capsys, "evaluate", "--pred", pred, "--ref", ref, "--modality", "ct", "--protocol", "synthrad2023",
-                  "--metrics", "mae", "--out", tmp_path / "m.json")
+                  "--metrics", "mae", "--out", tmp_path / "m")
     one_line(rc, err, "--protocol synthrad2023", "--metrics")

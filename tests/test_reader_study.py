@@ -376,3 +376,7 @@ def test_analysis_of_stored_answers_and_its_report_section(study):
     assert res["overall"]["reference"]["judged_real_pct"] == pytest.approx(50)
     html = to_html(Document("t", "", [report_section(res)]))
     assert "Reader study" in html and "judged real (%)" in html and "Fleiss" in html
+    # the command: table3.md/.json into the study folder; again only with --force (one grammar, issue 17)
+    assert main(["reader-study", "analyse", str(study)]) == 0 and (study / "table3.json").is_file()
+    assert main(["reader-study", "analyse", str(study)]) == 2
+    assert main(["reader-study", "analyse", str(study), "--force"]) == 0

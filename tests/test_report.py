@@ -46,7 +46,7 @@ def shared_report(tmp_path_factory) -> dict[str, Path]:
             assert main(["train", args[0], *TINY, *args[1:], "--max-steps", "3", "--out", str(out)]) == 0
             _CACHE[name] = out
         html = root / "out" / "report.html"
-        assert main(["report", str(_CACHE["nie-full"]), str(_CACHE["nie-fcn"]), "--out", str(html)]) == 0
+        assert main(["report", str(_CACHE["nie-full"]), str(_CACHE["nie-fcn"]), "--out", str(html.parent)]) == 0
         _CACHE["html"] = html
     return dict(_CACHE)
 
@@ -129,13 +129,13 @@ def test_two_methods_give_a_comparison_table_with_paired_tests(report):
 
 def test_report_from_given_predictions_and_reference(report, tmp_path):
     pred = report["html"].parent / "report_files" / "predictions" / "nie-full"
-    out = tmp_path / "given.html"
+    out = tmp_path / "given"
     assert main(["report", str(report["nie-full"]), "--pred", str(pred), "--ref", "sample", "--out", str(out)]) == 0
-    text = out.read_text()
+    text = (out / "report.html").read_text()
     assert f"predictions read from <code>{pred}</code>" in text
     a = re.search(r"MAE ↓ foreground.*?<td>([\d.,]+)</td>", report["html"].read_text(), re.S)
     assert a and a.group(1) in text  # the same numbers as when the report predicted itself
-    assert not (tmp_path / "given_files" / "predictions").exists()
+    assert not (out / "report_files" / "predictions").exists()
 
 
 def test_report_degrades_with_a_note_where_a_run_lacks_something(report, tmp_path):
@@ -151,9 +151,9 @@ def test_report_degrades_with_a_note_where_a_run_lacks_something(report, tmp_pat
     (alien / "config.yaml").write_text(yaml.safe_dump(cfg))
     (alien / "metrics.jsonl").unlink()
     shutil.rmtree(alien / "samples", ignore_errors=True)
-    out = tmp_path / "r.html"
+    out = tmp_path / "r"
     assert main(["report", str(bare), str(alien), "--out", str(out)]) == 0
-    text = out.read_text()
+    text = (out / "report.html").read_text()
     assert "no test or validation subjects" in text
     assert "cannot rebuild the run&#x27;s method" in text or "cannot rebuild the run's method" in text
     assert "No logged scalars" in text
@@ -162,10 +162,11 @@ def test_report_degrades_with_a_note_where_a_run_lacks_something(report, tmp_pat
 
 
 def test_report_user_errors_exit_2(report, tmp_path):
-    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2  # not a run folder
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2  # not a run folder
     assert main(["report", str(report["nie-full"]), str(report["nie-fcn"]), "--pred", str(tmp_path),
-                 "--out", str(tmp_path / "r.html")]) == 2  # one --pred for two runs
-    assert main(["report", str(report["nie-full"]), "--subjects", "nobody", "--out", str(tmp_path / "r.html")]) == 2
+                 "--out", str(tmp_path / "r")]) == 2  # one --pred for two runs
+    assert main(["report", str(report["nie-full"]), "--subjects", "nobody", "--out", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists()  # refused before anything was made
 
 
 def test_bench_says_which_side_is_the_bottleneck(tmp_path, capsys):

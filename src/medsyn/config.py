@@ -47,6 +47,17 @@ class NormConfig:
     high: float = 3000.0
 
     NUMERIC_BOUNDS: ClassVar[dict[str, Bound]] = {}  # filled below, once Bound exists
+    #: the fields each kind reads; the others are ignored by that kind (see :func:`readable_dict`)
+    KIND_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {"percentile": ("lower", "upper"), "zscore": ("clip",),
+                                                          "window": ("low", "high")}
+
+    def readable(self) -> dict[str, Any]:
+        """The kind and the fields it reads. A field of another kind is kept only when it was set
+        away from its default, so that reading the dict back gives this object exactly."""
+        used = self.KIND_FIELDS.get(self.kind, ())
+        defaults = NormConfig()
+        return {"kind": self.kind, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                      if f.name != "kind" and (f.name in used or getattr(self, f.name) != getattr(defaults, f.name))}}
 
 
 @dataclass
@@ -400,6 +411,22 @@ def to_dict(obj: Any) -> Any:
         return {k: to_dict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
+    return obj
+
+
+def readable_dict(obj: Any) -> Any:
+    """:func:`to_dict` for people and for ``config.yaml``: a normalisation lists only the fields its
+    kind reads (a percentile recipe without the CT window's ``low``/``high``). Reading the result
+    back with :func:`build_config` gives the same config, so :func:`config_hash` and ``--resume``
+    do not change (they work on :func:`to_dict`, which keeps every field)."""
+    if isinstance(obj, NormConfig):
+        return obj.readable()
+    if dataclasses.is_dataclass(obj):
+        return {f.name: readable_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: readable_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [readable_dict(v) for v in obj]
     return obj
 
 

@@ -27,6 +27,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+#: the files evaluate and report write into their --out folder
+METRICS_JSON, METRICS_CSV, SEGMENTER_JSON = "metrics.json", "metrics.csv", "downstream.json"
+REPORT_HTML, REPORT_MD = "report.html", "report.md"
 #: exit code of interrupted work (Ctrl-C / SIGTERM), the shell's 128 + SIGINT
 EXIT_INTERRUPTED = 130
 console = Console(stderr=False)
@@ -70,6 +73,30 @@ def _refuse_overwrite(paths: list[Path], force: bool) -> None:
     existing = [p for p in paths if p.exists()]
     if existing and not force:
         raise OutputError(f"{existing[0]}: exists; pass --force to overwrite it or choose another --out")
+
+
+def _out_folder(out: Path, names: list[str], old_suffixes: tuple[str, ...], force: bool) -> Path:
+    """``--out`` of a verb that writes several files: a folder (made if needed) that ``names`` are
+    written into, as for train, predict, crossval and demo. Checked before any work: a file there
+    (exit 2, also with --force: --force overwrites the verb's own outputs, never another file),
+    an older file-style ``--out x.json`` that no folder of that name answers (refused with the
+    new spelling), outputs already there (--force), and a place where no folder can be made."""
+    from medsyn.errors import OutputError
+
+    what = " and ".join(names)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out}: is a file; --out names the folder that {what} are written into; "
+                          "choose a folder (a new one is made)")
+    if not out.exists() and out.suffix.lower() in old_suffixes:
+        raise OutputError(f"--out {out}: --out is a folder now ({what} are written into it), "
+                          f"not a {out.suffix} file; give a folder, e.g. --out {out.with_suffix('')}")
+    _refuse_overwrite([out / n for n in names], force)
+    base = out
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: cannot create the folder ({base} is not a writable folder); choose a writable --out")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,7 +282,7 @@ def evaluate(
     pred: Optional[Path] = typer.Option(None, "--pred", help="Prediction folder (same as PRED)."),
     ref: Optional[Path] = typer.Option(None, "--ref", help="Reference dataset (same as REF)."),
     modality: Optional[str] = typer.Option(None, "--modality", help="Modality to compare, e.g. t2w or ct (required unless --segmenter)."),
-    out: Path = typer.Option(Path("metrics.json"), "--out", help="JSON output; a CSV is written beside it."),
+    out: Path = typer.Option(Path("."), "--out", help="Folder for metrics.json and metrics.csv (made if needed; default: the current folder). With --segmenter: downstream.json."),
     mask: str = typer.Option("auto", "--mask", help="Foreground: auto (brainmask/bodymask, else computed), or a file name such as brainmask or seg."),
     data_range: str = typer.Option("ref", "--data-range", help="'ref' (per-subject max-min of the reference in the mask) or a number (e.g. 4024 for CT HU)."),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default mae,mse,psnr,ssim,ssim3d,uqi; also ms_ssim, vif, and lpips with weights)."),
@@ -264,17 +291,19 @@ def evaluate(
     lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS trunk the files are for: alex or vgg."),
     protocol: str = typer.Option("default", "--protocol", help="default (medsyn's metrics), or a challenge's official scorer: brasyn, synthrad2023, synthrad2025 (docs/challenges.md)."),
     segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="BraSyn downstream check: a Qu et al. pipeline run whose 4-contrast segmenter segments each subject with its real and with its completed contrasts (--pred: the completed contrasts); Dice per label and region."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file (and the CSV beside it)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite metrics.json and metrics.csv (or downstream.json) already in --out."),
 ) -> None:
     """Per-subject and summary metrics (MAE, PSNR, SSIM, ...) per region, with the data range and mask stated.
     Inputs are positional as for predict and report: `medsyn evaluate PRED REF --modality t2w`."""
     from medsyn.data.dataset import resolve_root
+    from medsyn.io.image import make_output_dir
     from medsyn.metrics.evaluate import evaluate_predictions, write_results
 
     pred, ref = _one_of(pred_arg, pred, "PRED", "--pred"), _one_of(ref_arg, ref, "REF", "--ref")
-    _refuse_overwrite([out, out.with_suffix(".csv")], force)
     if segmenter is not None:
-        return _evaluate_segmenter(segmenter, pred, resolve_root(str(ref)), out)
+        _out_folder(out, [SEGMENTER_JSON], (".json",), force)
+        return _evaluate_segmenter(segmenter, pred, resolve_root(str(ref)), out / SEGMENTER_JSON)
+    _out_folder(out, [METRICS_JSON, METRICS_CSV], (".json", ".csv"), force)
     if modality is None:
         raise ConfigError("--modality: give the modality to compare, e.g. --modality t2w (or --segmenter RUN)")
 
@@ -287,7 +316,8 @@ def evaluate(
         raise ConfigError("--lpips-backbone is given without --lpips-weights; LPIPS needs its linear heads too")
     res = evaluate_predictions(pred, resolve_root(str(ref)), modality, mask=mask, data_range=data_range,
                                metrics=_split(metrics), lpips_model=model, protocol=protocol)
-    j, c = write_results(res, out)
+    make_output_dir(out)
+    j, c = write_results(res, out / METRICS_JSON)
     _print_summary(res)
     console.print(f"wrote {j} and {c}")
 
@@ -364,20 +394,20 @@ def configs() -> None:
 @app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run folders."),
-    out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write; report.md and report_files/ go beside it."),
+    out: Path = typer.Option(Path("."), "--out", help="Folder for report.html, report.md and report_files/ (made if needed; default: the current folder)."),
     pred: list[Path] = typer.Option([], "--pred", help="Prediction folder (<subject>/<target>.nii.gz) to evaluate instead of predicting; one per run, in order (repeatable)."),
     ref: Optional[Path] = typer.Option(None, "--ref", help="Reference dataset for the metrics (default: each run's data.root; 'sample' for the bundled sample)."),
     subjects: Optional[str] = typer.Option(None, "--subjects", help="Comma-separated subjects to predict and show (default: the run's test split, else val); with --pred, the subjects to show."),
     device: str = typer.Option("auto", "--device", help="Device for the report's own predictions: auto, cpu, cuda."),
     study: Optional[Path] = typer.Option(None, "--study", help="A reader-study folder (medsyn reader-study): adds its Table III."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing report of that name."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a report already in --out."),
 ) -> None:
     """HTML report of one or more runs: config, data, training curves, metric tables, image grids, error analysis,
     a comparison table with paired tests, and a model card in each run folder."""
     from medsyn.reports.html import write_report
 
-    _refuse_overwrite([out], force)
-    path = write_report(run_dirs, out, pred_dirs=pred, ref=str(ref) if ref is not None else None,
+    _out_folder(out, [REPORT_HTML, REPORT_MD], (".html", ".htm", ".md"), force)  # write_report makes the folder
+    path = write_report(run_dirs, out / REPORT_HTML, pred_dirs=pred, ref=str(ref) if ref is not None else None,
                         subjects=_split(subjects), device=device, log=lambda m: console.print(m, highlight=False),
                         study=study)
     console.print(f"wrote {path}")

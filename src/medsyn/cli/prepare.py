@@ -3,7 +3,7 @@
 Each command reads a dataset folder (subject folders of ``<modality>.nii.gz``, or ``sample`` for
 the bundled sample) and writes a normal medsyn dataset into OUT, with ``prepare.json`` recording
 the task, every generation parameter and the seed (per subject: the derived seed and the values
-drawn). OUT must not exist or be empty unless ``--overwrite``. Then train on it with
+drawn). OUT must not exist or be empty unless ``--force`` (or its older spelling ``--overwrite``). Then train on it with
 ``--set data.root=OUT`` and the modalities printed at the end.
 
     medsyn prepare motion SRC OUT [--modality t2w] [--seed 0] [--size 256 --spacing 1]
@@ -29,7 +29,7 @@ prepare_app = typer.Typer(
 )
 
 SRC_HELP = "Dataset folder of subject folders (<subject>/<modality>.nii.gz), or 'sample' for the bundled sample."
-OUT_HELP = "Output dataset folder (must not exist or be empty, unless --overwrite)."
+OUT_HELP = "Output dataset folder (must not exist or be empty, unless --force)."
 SIZE_HELP = ("Reslice to SIZE×SIZE axial slices (MedGAN: 256) after the corruption; default: keep each "
              "subject's own grid.")
 SPACING_HELP = "In-plane spacing in mm of the resliced slices (MedGAN's MR data: 1); needs --size. Default: native."
@@ -64,7 +64,7 @@ def motion(
     ghosting: bool = typer.Option(False, "--ghosting", help="Also add ghosting artefacts (TorchIO RandomGhosting)."),
     size: Optional[int] = typer.Option(None, "--size", help=SIZE_HELP),
     spacing: Optional[float] = typer.Option(None, "--spacing", help=SPACING_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT."),
+    overwrite: bool = typer.Option(False, "--force", "--overwrite", help="Replace a non-empty OUT (--overwrite: the older spelling)."),
 ) -> None:
     """MR motion correction (MedGAN Sec. 3.1 b): rigid-motion k-space artefacts → motion-free image."""
     from medsyn.data.prepare import prepare_motion
@@ -84,7 +84,7 @@ def denoise(
     level: Optional[float] = typer.Option(None, "--level", help="rician: σ / mean foreground intensity (default 0.05); poisson: mean counts per foreground voxel (default 20)."),
     size: Optional[int] = typer.Option(None, "--size", help=SIZE_HELP),
     spacing: Optional[float] = typer.Option(None, "--spacing", help=SPACING_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT."),
+    overwrite: bool = typer.Option(False, "--force", "--overwrite", help="Replace a non-empty OUT (--overwrite: the older spelling)."),
 ) -> None:
     """Denoising (MedGAN Sec. 3.1 c): noisy image → clean image."""
     from medsyn.data.prepare import prepare_denoise
@@ -104,7 +104,7 @@ def translation_2d(
     native_spacing: bool = typer.Option(False, "--native-spacing", help="Keep the native in-plane spacing (ignores --spacing)."),
     slices: Optional[tuple[int, int]] = typer.Option(None, "--slices", help="Axial slice range K0 K1 (default: the slices holding ≥ 10 % of the largest foreground)."),
     min_foreground: float = typer.Option(0.1, "--min-foreground", help="Keep slices whose foreground is at least this share of the largest."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT."),
+    overwrite: bool = typer.Option(False, "--force", "--overwrite", help="Replace a non-empty OUT (--overwrite: the older spelling)."),
 ) -> None:
     """Cross-modality 2D translation: axial SOURCE → TARGET slice pairs, SIZE×SIZE at SPACING mm (deterministic, no seed)."""
     from medsyn.data.prepare import prepare_translation_2d
@@ -120,7 +120,7 @@ def ct_phantom(
     out: Path = typer.Argument(..., help=OUT_HELP),
     source: str = typer.Option("t1n", "--source", help="MR modality the CT phantom is built from."),
     seed: int = typer.Option(0, "--seed", help="Seed of the phantom's noise."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty OUT."),
+    overwrite: bool = typer.Option(False, "--force", "--overwrite", help="Replace a non-empty OUT (--overwrite: the older spelling)."),
 ) -> None:
     """MRI → CT phantom: tissue classes of the MR mapped to Hounsfield units plus a skull (medsyn.data.phantom)."""
     from medsyn.data.dataset import resolve_root

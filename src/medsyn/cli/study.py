@@ -63,15 +63,16 @@ def serve(
 def analyse(
     study: Path = typer.Argument(..., help="Study folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for table3.md and table3.json (default: the study folder)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite table3.md and table3.json already there (e.g. after more answers came in)."),
 ) -> None:
     """Table III: mean score and % judged real per method, per reader and overall; agreement; paired tests."""
-    from medsyn.cli.main import console
-    from medsyn.io.image import atomic_write_bytes
+    from medsyn.cli.main import _out_folder, console
+    from medsyn.io.image import atomic_write_bytes, make_output_dir
     from medsyn.metrics.evaluate import json_safe
     from medsyn.study.analyse import analyse_study, to_markdown
 
     res = analyse_study(study)
-    folder = out or study
+    folder = make_output_dir(_out_folder(out or study, ["table3.md", "table3.json"], (".md", ".json"), force))
     md = to_markdown(res)
     atomic_write_bytes(Path(folder) / "table3.md", md.encode())
     atomic_write_bytes(Path(folder) / "table3.json", json.dumps(json_safe(res), indent=1).encode())

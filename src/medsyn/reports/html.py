@@ -2,9 +2,9 @@
 
 ::
 
-    medsyn report RUN_DIR [RUN_DIR ...] [--pred DIR ... --ref DATASET] [--subjects A,B] --out report.html
+    medsyn report RUN_DIR [RUN_DIR ...] [--pred DIR ... --ref DATASET] [--subjects A,B] --out FOLDER
 
-writes ``report.html`` (CSS inline, every image a data URI: the file alone is the report),
+writes into FOLDER ``report.html`` (CSS inline, every image a data URI: the file alone is the report),
 ``report.md`` (the same content; figures linked), ``report_files/*.png`` (every figure) and
 ``report_files/predictions/<run>/`` (the volumes the report predicted), and ``MODEL_CARD.md`` into
 each run folder.
@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from medsyn import __version__
+from medsyn.config import readable_dict
 from medsyn.data.dataset import split_notes
 from medsyn.errors import ConfigError, DatasetError, MedsynError
 from medsyn.io.image import atomic_write_bytes, make_output_dir
@@ -375,8 +376,10 @@ def _images_and_analysis(info: RunInfo, ev: RunEvaluation, files: Path, prefix: 
 def _run_section(i: int, info: RunInfo, ev: RunEvaluation, files: Path, asked: list[str] | None, log: Log) -> Section:
     prefix = f"{i + 1:02d}-{slug(info.label)}"
     subs = [Section("Overview", _overview(info, ev), level=3)]
-    subs.append(Section("Configuration", [Text("The resolved configuration (`config.yaml`: every default written out)."),
-                                           Details("config.yaml", [Code(yaml.safe_dump(info.config, sort_keys=False), "yaml")])],
+    shown = readable_dict(info.cfg) if info.cfg is not None else info.config  # an older config.yaml: no CT window in an MR recipe
+    subs.append(Section("Configuration", [Text("The resolved configuration (`config.yaml`: every default written out; a "
+                                                "normalisation lists the fields its kind reads)."),
+                                           Details("config.yaml", [Code(yaml.safe_dump(shown, sort_keys=False), "yaml")])],
                         level=3))
     subs.append(Section("Data and splits", _data_section(info), level=3))
     subs.append(Section("Training curves", _curves(info, files, prefix), level=3))
@@ -479,6 +482,27 @@ def write_report(run_dirs: list[Path], out: Path, *, pred_dirs: list[Path] | Non
     crossval = {i: p for i, p in enumerate(run_dirs) if is_crossval_dir(p)}
     infos = [load_run_info(first_fold_run(p) if i in crossval else p, lab)
              for i, (p, lab) in enumerate(zip(run_dirs, labels))]
+    made = [p for p in (out.parent / f"{out.stem}_files", out.parent) if not p.exists()]
+    try:
+        return _write_report(run_dirs, out, infos, labels, crossval, pred_dirs, ref, subjects, device, log, study)
+    except BaseException:  # refused or interrupted: leave no half-made report folder behind
+        for p in made:
+            if p == out.parent:
+                _rmdir_quietly(p)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+        raise
+
+
+def _rmdir_quietly(path: Path) -> None:
+    try:
+        path.rmdir()  # only when empty
+    except OSError:
+        pass
+
+
+def _write_report(run_dirs: list[Path], out: Path, infos: list, labels: list[str], crossval: dict, pred_dirs: list[Path],
+                  ref: str | Path | None, subjects: list[str] | None, device: str, log: Log, study: Path | None) -> Path:
     files = make_output_dir(out.parent / f"{out.stem}_files")
     for old in files.glob("*.png"):  # figures of an earlier report with the same name
         old.unlink()

@@ -26,7 +26,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
-from medsyn.config import RunConfig, config_hash, to_dict
+from medsyn.config import RunConfig, config_hash, readable_dict
 from medsyn.errors import CheckpointError, ConfigError
 from medsyn.io.image import atomic_write_bytes
 
@@ -113,7 +113,7 @@ def run_crossval(cfg: RunConfig, out: str | Path, folds: int | str, *, device: s
         if out.exists() and any(out.iterdir()):
             raise ConfigError(f"{out}: folder exists and is not a cross-validation folder; choose a new --out")
         out.mkdir(parents=True, exist_ok=True)
-        state = {**key, "method": cfg.method, "config": to_dict(cfg), "done": []}
+        state = {**key, "method": cfg.method, "config": readable_dict(cfg), "done": []}
 
     def save_state() -> None:
         atomic_write_bytes(state_path, json.dumps(state, indent=1).encode())

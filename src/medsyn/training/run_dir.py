@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from medsyn import __version__
-from medsyn.config import RunConfig, build_config, config_hash, read_yaml, to_dict
+from medsyn.config import RunConfig, build_config, config_hash, read_yaml, readable_dict
 from medsyn.errors import CheckpointError, OutputError
 from medsyn.io.image import atomic_write_bytes, make_output_dir
 
@@ -99,7 +99,8 @@ class RunDir:
             raise CheckpointError(f"{p}: corrupt JSON") from None
 
     def write_config(self, cfg: RunConfig) -> None:
-        atomic_write_bytes(self.config_path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+        # each normalisation with its kind's fields only; reads back to the same config (and hash)
+        atomic_write_bytes(self.config_path, yaml.safe_dump(readable_dict(cfg), sort_keys=False).encode())
 
     def read_config(self) -> RunConfig:
         if not self.config_path.is_file():
