@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """The papers' qualitative figures: the same slices of every compared method side by side with
-the reference and error maps (Nie et al. Figs. 3–5, MedGAN Figs. 4–8, Qu et al. Figs. 7–10).
+the reference and error maps (Nie et al. Figs. 3–5, MedGAN Figs. 4–8). Qu et al.'s Figs. 7–10
+(synthetic cases from labels, segmentation examples: no reference image) are ``medsyn qu figure``.
 
 Methods are given as NAME=PATH, where PATH is a prediction folder (``<subject>/<target>.nii.gz``,
 what ``medsyn predict`` writes) or a run folder (it is asked to predict the subject first, into

@@ -16,7 +16,12 @@ What it runs (every step is a medsyn command or the library call behind it):
 The numbers on a 2-subject sample and a few hundred CPU steps say nothing about the method;
 they show the pipeline end to end. The full BraTS command is in docs/qu.md.
 
-    python scripts/qu_sample_tables.py --out runs/qu-sample [--steps 100] [--seg-steps 300] [--table1-repeats 3]
+    python scripts/qu_sample_tables.py --out runs/qu-sample [--steps 100] [--seg-steps 300] [--table1-repeats 3] \
+        [--table2-repeats 1] [--examples 4]
+
+``--examples K`` keeps K test slices with every segmenter's predictions beside each table, for
+``medsyn qu figure OUT/table1`` / ``OUT/table2`` (Figs. 9–10); ``medsyn qu figure OUT/syn-4SEG``
+draws the synthetic cases (Figs. 7–8).
 """
 
 from __future__ import annotations
@@ -81,6 +86,9 @@ def main() -> None:
     ap.add_argument("--seg-steps", type=int, default=300, help="segmenter updates per Table 1/2 experiment")
     ap.add_argument("--variants", default="4SEG,1SEG,1ECL+4DCL")
     ap.add_argument("--table1-repeats", type=int, default=3, help="segmenters trained for Table 1 (mean ± std)")
+    ap.add_argument("--table2-repeats", type=int, default=1,
+                    help="segmenters trained per Table 2 row (the best, Sec. 3.1, and mean ± std)")
+    ap.add_argument("--examples", type=int, default=4, help="test slices kept with the predictions for the figures")
     ap.add_argument("--experiments", default="all", help="Table 2 rows (the paper's numbers), e.g. 1,2,15, or all")
     args = ap.parse_args()
     torch.set_num_threads(1)  # tiny networks: one thread beats two busy cores
@@ -98,10 +106,12 @@ def main() -> None:
         generate(runs[v], n_test, args.out / f"syn1-{v}", 1, strict_first=False)
     if not (args.out / "table2" / "table2.md").exists():
         sh("segment-experiment", main_run, "--synthetic", args.out / f"syn-{variants[0]}", "--out", args.out / "table2",
-           "--steps", args.seg_steps, "--experiments", args.experiments)
+           "--steps", args.seg_steps, "--experiments", args.experiments, "--repeats", args.table2_repeats,
+           "--examples", args.examples)
     if not (args.out / "table1" / "table1.md").exists():
         sh("segment-experiment", main_run, "--table", 1, *[x for v in variants for x in ("--synthetic", f"{v}={args.out / f'syn1-{v}'}")],
-           "--out", args.out / "table1", "--steps", args.seg_steps, "--repeats", args.table1_repeats)
+           "--out", args.out / "table1", "--steps", args.seg_steps, "--repeats", args.table1_repeats,
+           "--examples", args.examples)
     counts = json.loads((args.out / f"syn-{variants[0]}" / "generate.json").read_text())["counts"]
     print(f"\nsynthetic set for Table 2: {counts}")
 

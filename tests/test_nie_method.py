@@ -82,6 +82,28 @@ def test_generator_gets_no_gradient_and_no_update_in_the_discriminator_steps():
     assert seen == {"d_done_first": True, "g_unchanged_until_now": True}
 
 
+def test_no_gradient_reaches_the_generator_in_the_discriminator_steps():
+    """Not only G's weights: at every D1/D2 optimiser step G holds no gradient at all (the D losses
+    build no graph into G), for WGAN-GP and BCE critics, with and without a source condition."""
+    for name, params in (("nie-dual-attention", {"n_critic": 2}), ("nie-sgan", {}),
+                         ("nie-dual-attention", {"condition": "source+target"})):
+        m = build(name, **params)
+        grads_at_d_step = []
+        for d in ("D1", "D2"):
+            if d not in m.optimizers:
+                continue
+            real_step = m.optimizers[d].step
+
+            def step(*a, _real=real_step, _d=d, **k):
+                grads_at_d_step.append((_d, [p.grad for p in m.networks["G"].parameters() if p.grad is not None]))
+                return _real(*a, **k)
+
+            m.optimizers[d].step = step
+        m.train_step(Batches(), 1)
+        assert grads_at_d_step, name
+        assert all(g == [] for _, g in grads_at_d_step), (name, params)
+
+
 def test_discriminators_are_frozen_during_the_generator_step():
     """In G's step no gradient reaches D1/D2 and their weights do not move; afterwards they train again."""
     m = build()

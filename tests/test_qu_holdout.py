@@ -114,8 +114,11 @@ def _assert_no_leak(data: Path, run: Path, loaded, tmp_path: Path) -> None:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(qu_segment, "train_segmenter", spy)
-        run_table2(run, tmp_path / "syn-default", tmp_path / "t2", experiments="1,15,22", steps=1)
+        run_table2(run, tmp_path / "syn-default", tmp_path / "t2", experiments="1,15,22", steps=1, examples=0)
+        n_table2 = len(seen)
+        qu_segment.run_table1(run, {"4SEG": tmp_path / "syn-default"}, tmp_path / "t1", steps=1, repeats=2, examples=0)
     assert seen and any(o.startswith("synthetic:") for o in seen)
+    assert len(seen) > n_table2 and not any(o.startswith("synthetic:") for o in seen[n_table2:])  # Table 1: real only
     for o in seen:
         if not o.startswith("synthetic:"):
             sid, k = o.rsplit(":", 1)

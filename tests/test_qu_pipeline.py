@@ -272,7 +272,9 @@ def test_generated_subjects_have_a_real_geometry_labels_in_the_brain_and_a_recor
     assert rep.ok, [p.message for p in rep.problems]
     for sid in res.subjects:
         files = sorted(p.name for p in (tmp_path / "syn" / sid).iterdir())
-        assert files == ["brainmask.nii.gz", "seg.nii.gz", "t1n.nii.gz", "t2w.nii.gz"]
+        assert files == ["brainmask.nii.gz", "seg.nii.gz", "structure.nii.gz", "t1n.nii.gz", "t2w.nii.gz"]
+        f_g = np.asarray(nib.load(tmp_path / "syn" / sid / "structure.nii.gz").dataobj)
+        assert f_g.shape == (32, 32, 2) and set(np.unique(f_g)) <= {0, 1}  # the generator's input map (Fig. 7)
         seg = nib.load(tmp_path / "syn" / sid / "seg.nii.gz")
         brain = np.asarray(nib.load(tmp_path / "syn" / sid / "brainmask.nii.gz").dataobj)
         img = np.asarray(nib.load(tmp_path / "syn" / sid / "t1n.nii.gz").dataobj)

@@ -60,6 +60,7 @@ def segment_experiment(
     repeats: int = typer.Option(1, "--repeats", help="Train each experiment this many times (the paper: 4). Table 2: the best (Sec. 3.1) and mean ± std; Table 1: mean ± std."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     run_segmenter: bool = typer.Option(False, "--run-segmenter", help="Table 1: test the run's segmenter stage instead of training one on the experiment's real training slices."),
+    examples: int = typer.Option(4, "--examples", help="Test slices (largest lesions) kept with every segmenter's predictions in table<k>_examples.npz for `medsyn qu figure` (Figs. 9–10); 0: none."),
     device: str = typer.Option("auto", "--device", help="auto (GPU if available), cpu, cuda or cuda:N."),
 ) -> None:
     """Train lesion segmenters on real, synthetic and mixed data; write Qu et al.'s Table 2 (or Table 1)."""
@@ -73,13 +74,13 @@ def segment_experiment(
                          + (["--epochs", str(epochs)] if epochs is not None else [])
                          + (["--steps", str(steps)] if steps is not None else [])
                          + ["--repeats", str(repeats), "--seed", str(seed)]
-                         + (["--run-segmenter"] if run_segmenter else []) + ["--device", device])
+                         + (["--run-segmenter"] if run_segmenter else []) + ["--examples", str(examples), "--device", device])
     log = lambda msg: console.print(msg, soft_wrap=True, highlight=False)  # noqa: E731
     if table == 2:
         if len(synthetic) != 1 or "=" in synthetic[0]:
             raise ConfigError("--synthetic: Table 2 takes exactly one synthetic data set folder")
         rec = run_table2(run_dir, synthetic[0], out, experiments=experiments, epochs=epochs, steps=steps,
-                         repeats=repeats, seed=seed, device=device, log=log, command=command)
+                         repeats=repeats, seed=seed, device=device, log=log, command=command, examples=examples)
         name = "table2"
     elif table == 1:
         pairs = {}
@@ -89,7 +90,7 @@ def segment_experiment(
             k, v = item.split("=", 1)
             pairs[k.strip()] = v.strip()
         rec = run_table1(run_dir, pairs, out, epochs=epochs, steps=steps, repeats=repeats, seed=seed, device=device,
-                         use_run_segmenter=run_segmenter, log=log, command=command)
+                         use_run_segmenter=run_segmenter, log=log, command=command, examples=examples)
         name = "table1"
     else:
         raise ConfigError(f"--table: got {table}, expected 1 or 2")
@@ -112,8 +113,23 @@ def convert_brats2015(
                   "--set params.n_classes=5", soft_wrap=True)
 
 
+def figure(
+    source: Path = typer.Argument(..., help="A synthetic data set (medsyn generate) or a segment-experiment folder (its table<k>_examples.npz)."),
+    out: Path = typer.Option(..., "--out", help="PNG to write."),
+    n: int = typer.Option(4, "--n", help="Synthetic set: cases shown (its first ones)."),
+    rows: Optional[str] = typer.Option(None, "--rows", help="Table 2 folder: the rows whose segmenters are shown, e.g. 1,2,17,22 (default: all)."),
+    view: Optional[str] = typer.Option(None, "--view", help="Segmentation figures: the modality shown under the labels (default: the last, e.g. t2f)."),
+) -> None:
+    """Qu et al.'s figures: synthetic structure maps, masks and modalities (Figs. 7–8) or segmentation examples
+    on real and synthetic test slices (Fig. 9, Table 1) and of segmenters trained on different data (Fig. 10, Table 2)."""
+    from medsyn.reports.qu_figures import figure as draw
+
+    console.print(f"wrote {draw(source, out, n=n, rows=rows, view=view)}")
+
+
 qu_app = typer.Typer(help="Qu et al. data tools.", no_args_is_help=True)
 qu_app.command("convert-brats2015")(convert_brats2015)
+qu_app.command("figure")(figure)
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,8 @@ For every synthetic slice:
 
 Each synthetic subject is a stack of ``slices_per_case`` such slices (default 1: the paper's
 samples are 2D images), written in medsyn's data-set layout — one NIfTI per modality (float32,
-the networks' [0, 1] range, background 0), ``seg`` (the input label) and ``brainmask`` — with a
+the networks' [0, 1] range, background 0), ``seg`` (the input label), ``brainmask`` (1 − ``mask_g``)
+and ``structure`` (``f_g``, uint8: the map the case was generated from, Fig. 7) — with a
 proper geometry: the in-plane grid and spacing of the label's source volume (shifted by the
 pad/crop to the network grid) and its axial position. ``generate.json`` records the seeds, the
 filters and every rejection count. Nothing is overwritten: ``out`` must be new or empty, each
@@ -55,6 +56,8 @@ from medsyn.methods.qu2023 import QuConfig, segment_views
 from medsyn.pipelines.qu import Holdout, load_stage, read_holdout, read_pipeline, stage_checkpoint
 
 RECORD_FILE = "generate.json"
+#: the generated structure map f_g, the generator's input (Fig. 7), written beside the modalities
+STRUCTURE_FILE = "structure"
 #: (choice) in-plane spacing of the labels may differ from the training data's by this fraction
 SPACING_TOLERANCE = 0.05
 
@@ -255,8 +258,9 @@ class _Synthesiser:
                     continue
             c["accepted"] += 1
             return {"images": images, "label": label.astype(np.int16), "brain": (brain > 0).astype(np.uint8),
-                    "source": src, "record": {"label_source": self.pool.origin[src], "attempts": attempt,
-                                              "algorithm3_mae": mae, "dice": dice, "dice_per_view": dices}}
+                    "structure": (f_np > 0.5).astype(np.uint8), "source": src,
+                    "record": {"label_source": self.pool.origin[src], "attempts": attempt,
+                               "algorithm3_mae": mae, "dice": dice, "dice_per_view": dices}}
         raise GenerationError(self._failure(local))
 
     @torch.no_grad()
@@ -295,6 +299,8 @@ def _write_subject(out: Path, sid: str, p: QuConfig, slices: list[dict[str, Any]
             write_nifti(np.stack([s["images"][i] for s in slices], axis=-1), affine, tmp / f"{m}.nii.gz", np.float32)
         write_nifti(np.stack([s["label"] for s in slices], axis=-1), affine, tmp / f"{p.label}.nii.gz", np.uint8)
         write_nifti(np.stack([s["brain"] for s in slices], axis=-1), affine, tmp / "brainmask.nii.gz", np.uint8)
+        write_nifti(np.stack([s["structure"] for s in slices], axis=-1), affine, tmp / f"{STRUCTURE_FILE}.nii.gz",
+                    np.uint8)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -355,7 +361,8 @@ def generate(run_dir: str | Path, n: int, labels: str | Path | None, out: str | 
         "labels": str(pool.root), "label_slices": len(pool.labels), "label_slices_dropped_outside_brain":
         pool.dropped_outside, "label_subjects_excluded_unseen": pool.excluded_subjects,
         "label_slices_excluded_held_out": pool.excluded_slices, "seed": seed, "n": n, "slices_per_case": slices_per_case,
-        "modalities": list(p.modalities), "intensity": "network range [0, 1], 0 outside the brain (float32)",
+        "modalities": list(p.modalities), "label": p.label, "structure": STRUCTURE_FILE,
+        "intensity": "network range [0, 1], 0 outside the brain (float32)",
         "filters": {"algorithm3": {"enabled": filter_mae < 1.0, "mae_threshold": filter_mae},
                     "segmenter_dice": {"enabled": min_dice > 0, "min_dice": min_dice,
                                        "segmenter_input": p.segmenter_input,

@@ -33,10 +33,14 @@ Conventions (the paper gives names, not definitions; docs/qu.md):
   the hold-out before training, and a synthetic set's label sources (``generate.json``) too.
 * Repeats: Sec. 3.1 trains every experiment four times and keeps the best *on the test set*;
   ``repeats`` does the same, and the JSON keeps every repeat and the mean.
+* Examples (Figs. 9–10): ``examples`` test slices — those with the largest lesions — are kept
+  with every segmenter's predicted label maps in ``table<k>_examples.npz``
+  (:func:`write_examples`); ``medsyn qu figure`` draws them.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -54,7 +58,7 @@ from medsyn.data.qu_slices import QuSlices, Rows, concat_rows, load_slices, warp
 from medsyn.data.structure import LabelAugmentConfig, random_label_affine
 from medsyn.errors import ConfigError, DatasetError, OutputError
 from medsyn.io.image import atomic_write_bytes
-from medsyn.methods.qu2023 import QuConfig, adam, build_segmenter, segmenter_step, slice_store
+from medsyn.methods.qu2023 import QuConfig, adam, build_segmenter, segment_views, segmenter_step, slice_store
 from medsyn.pipelines.qu import Holdout, load_stage, read_holdout, read_pipeline
 from medsyn.pipelines.qu_generate import lesion_dice
 
@@ -98,6 +102,8 @@ PAPER_TABLE2 = {1: (0.026, 0.915), 31: (0.032, 0.902), 2: (0.205, 0.708), 3: (0.
                 16: (0.195, 0.795), 17: (0.021, 0.940), 18: (0.033, 0.901), 19: (0.034, 0.897), 35: (0.027, 0.911),
                 36: (0.025, 0.927), 37: (0.026, 0.920), 22: (0.026, 0.915), 23: (0.032, 0.898), 24: (0.036, 0.885)}
 PAPER_TABLE1 = {"real": (0.026, 0.915), "1SEG": (0.053, 0.741), "1ECL+4DCL": (0.055, 0.808), "4SEG": (0.043, 0.838)}
+#: (choice) test slices kept with every segmenter's predictions for the figures (Figs. 9–10)
+EXAMPLES = 4
 
 
 def parse_experiments(spec: str | Sequence[int] | None) -> list[int]:
@@ -335,8 +341,6 @@ def evaluate(model: torch.nn.Module, test: Pool, n_classes: int, device: torch.d
     a test set with many lesion-free slices inflates ``dice``, a synthetic set (every slice has
     a lesion) does not, so compare sets on ``dice_lesion``.
     """
-    from medsyn.methods.qu2023 import segment_views
-
     model.eval()
     dices: list[list[float]] = []
     mses: list[list[float]] = []
@@ -376,6 +380,41 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def example_slices(pool: Pool, k: int) -> list[int]:
+    """Indices of the ``k`` slices of ``pool`` with the largest lesion area (ties: pool order),
+    in pool order — the slices the figures show."""
+    area = [int((np.asarray(pool.labels[j]) > 0).sum()) for j in range(len(pool))]
+    return sorted(sorted(range(len(pool)), key=lambda j: (-area[j], j))[:max(k, 0)])
+
+
+@torch.no_grad()
+def predict_labels(model: torch.nn.Module, pool: Pool, idx: Sequence[int], device: torch.device) -> np.ndarray:
+    """Argmax label maps ``(K, V, H, W)`` uint8 of each segmenter view on the slices ``idx``."""
+    model.eval()
+    maps = [segment_views(model, torch.from_numpy(np.asarray(pool.images[j])[None].astype(np.float32)).to(device))[0]
+            .argmax(1).cpu().numpy().astype(np.uint8) for j in idx]
+    return np.stack(maps) if maps else np.zeros((0, 1, 1, 1), np.uint8)
+
+
+def example_arrays(pool: Pool, idx: Sequence[int], prefix: str = "") -> dict[str, np.ndarray]:
+    """The example slices' images ``(K, M, H, W)`` (float16, standardised), labels ``(K, H, W)``
+    and origins, under ``prefix``."""
+    shape = pool.images.shape[1:] if len(pool) else (0, 0, 0)
+    return {f"{prefix}images": np.stack([np.asarray(pool.images[j]) for j in idx]).astype(np.float16) if idx
+            else np.zeros((0, *shape), np.float16),
+            f"{prefix}labels": np.stack([np.asarray(pool.labels[j]) for j in idx]).astype(np.uint8) if idx
+            else np.zeros((0, *shape[1:]), np.uint8),
+            f"{prefix}origin": np.asarray([pool.origin[j] for j in idx], dtype=str)}
+
+
+def write_examples(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """``np.savez_compressed`` written atomically."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 def _pm(stat: dict[str, Any] | None, digits: int = 4) -> str:
     if not stat or stat.get("mean") is None:
         return "–"
@@ -408,23 +447,30 @@ def _amount(frac: float, n: int, unit: str = "R") -> str:
 def run_table2(run: str | Path, synthetic: str | Path, out: str | Path, *, experiments: str | Sequence[int] | None = None,
                epochs: int | None = None, steps: int | None = None, repeats: int = 1, seed: int = 0,
                device: str = "cpu", log: Callable[[str], None] | None = None,
-               command: str | None = None) -> dict[str, Any]:
+               command: str | None = None, examples: int = EXAMPLES) -> dict[str, Any]:
     """Qu et al. Table 2 on the run's real data and the synthetic data set ``synthetic``.
 
-    Writes ``out/table2.md`` and ``out/table2.json`` (never overwritten) and returns the record.
+    Writes ``out/table2.md`` and ``out/table2.json`` (never overwritten) and returns the record;
+    with ``examples`` > 0 also ``out/table2_examples.npz``: the ``examples`` test slices with the
+    largest lesions (``images``, ``labels``, ``origin``), the ``rows`` and each row's best repeat's
+    predicted label maps ``predictions`` ``(rows, K, V, H, W)`` (V: ``views``).
     """
     from medsyn.training.engine import resolve_device
 
     out = Path(out)
-    _check_out(out, ("table2.md", "table2.json"))
+    _check_out(out, ("table2.md", "table2.json", "table2_examples.npz"))
     ids = parse_experiments(experiments)
     if repeats < 1 or (steps is not None and steps < 1) or (epochs is not None and epochs < 1):
         raise ConfigError("--repeats, --steps and --epochs must be ≥ 1")
+    if examples < 0:
+        raise ConfigError(f"--examples: got {examples}; expected ≥ 0 (0: no example predictions)")
     cfg, p, state = read_pipeline(run)
     epochs = p.segmenter_epochs if epochs is None and steps is None else epochs
     dev = resolve_device(device)
     real_train, test, split = real_data(run)
     holdout = read_holdout(run)
+    ex_idx = example_slices(test, examples)
+    ex_preds = []
     R = len(real_train)
     exps = [TABLE2[i] for i in ids]
     need = max((int(round(e.synthetic * R)) for e in exps), default=0)
@@ -453,11 +499,14 @@ def run_table2(run: str | Path, synthetic: str | Path, out: str | Path, *, exper
         for ph in phases:
             check_no_leak(ph, holdout, f"Table 2 experiment {e.id}")
         n_steps = phase_steps([len(ph) for ph in phases], epochs, steps)
-        results = []
+        results, preds = [], []
         for r in range(repeats):
             model = train_segmenter(phases, n_steps, p, seed + r, dev)
             results.append(evaluate(model, test, p.n_classes, dev, p.modalities))
-        best = max(results, key=lambda m: m["dice"])  # Sec. 3.1: "trained four times, the best kept"
+            preds.append(predict_labels(model, test, ex_idx, dev) if ex_idx else None)
+        b = max(range(repeats), key=lambda r: results[r]["dice"])  # Sec. 3.1: "trained four times, the best kept"
+        best = results[b]
+        ex_preds.append(preds[b])
         row = {"id": e.id, "real": e.real, "synthetic": e.synthetic, "augmented": e.augmented, "mixing": e.mixing,
                "n_real": n_real, "n_synthetic": n_syn, "n_augmented": n_aug, "steps": n_steps, **best,
                "repeats": results, "summary": summarize(results),
@@ -473,9 +522,20 @@ def run_table2(run: str | Path, synthetic: str | Path, out: str | Path, *, exper
               "split": split, "synthetic_label_sources": provenance,
               "budget": {"epochs": epochs, "steps": steps, "repeats": repeats}, "seed": seed,
               "device": str(dev), "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
+    if ex_idx:
+        out.mkdir(parents=True, exist_ok=True)
+        write_examples(out / "table2_examples.npz", {
+            **example_arrays(test, ex_idx), "rows": np.asarray([e.id for e in exps]),
+            "predictions": np.stack(ex_preds), "views": np.asarray(_view_names(p, ex_preds[0].shape[1]), dtype=str)})
+        record["examples"] = {"file": "table2_examples.npz", "slices": [test.origin[j] for j in ex_idx],
+                              "repeat": "the best of each row"}
     md = table2_markdown(record)
     _write(out, "table2", record, md)
     return record
+
+
+def _view_names(p: QuConfig, n_views: int) -> list[str]:
+    return list(p.modalities) if n_views == len(p.modalities) and n_views > 1 else ["+".join(p.modalities)]
 
 
 def table2_markdown(record: dict[str, Any]) -> str:
@@ -507,7 +567,7 @@ def table2_markdown(record: dict[str, Any]) -> str:
 def run_table1(run: str | Path, synthetic: dict[str, str | Path], out: str | Path, *, epochs: int | None = None,
                steps: int | None = None, repeats: int = 1, seed: int = 0, device: str = "cpu",
                use_run_segmenter: bool = False, log: Callable[[str], None] | None = None,
-               command: str | None = None) -> dict[str, Any]:
+               command: str | None = None, examples: int = EXAMPLES) -> dict[str, Any]:
     """Qu et al. Table 1: a real-trained segmenter on real test slices and on each synthetic set.
 
     ``synthetic`` maps a row name (the lesion-supervision variant: 1SEG, 1ECL+4DCL, 4SEG) to a
@@ -515,18 +575,23 @@ def run_table1(run: str | Path, synthetic: dict[str, str | Path], out: str | Pat
     tested on its first slices, as many as the real test set has (all if fewer). ``repeats``
     segmenters (seeds ``seed … seed + repeats − 1``) are trained on the real training slices and
     every row gives the mean ± std over them; ``use_run_segmenter`` tests the run's
-    ``segmenter`` stage instead (one model, no repeats).
+    ``segmenter`` stage instead (one model, no repeats). With ``examples`` > 0,
+    ``out/table1_examples.npz`` keeps, per test set (``sets``: ``real`` and the variants), its
+    ``examples`` slices with the largest lesions (``<set>/images``, ``<set>/labels``,
+    ``<set>/origin``) and the first segmenter's label maps ``<set>/predictions`` ``(K, V, H, W)``.
     """
     from medsyn.training.engine import resolve_device
 
     out = Path(out)
-    _check_out(out, ("table1.md", "table1.json"))
+    _check_out(out, ("table1.md", "table1.json", "table1_examples.npz"))
     if not synthetic:
         raise ConfigError("--synthetic: give at least one VARIANT=DIR synthetic data set for Table 1")
     if repeats < 1 or (steps is not None and steps < 1) or (epochs is not None and epochs < 1):
         raise ConfigError("--repeats, --steps and --epochs must be ≥ 1")
     if use_run_segmenter and repeats > 1:
         raise ConfigError("--repeats: the run's segmenter stage is one model; drop --run-segmenter to train repeats")
+    if examples < 0:
+        raise ConfigError(f"--examples: got {examples}; expected ≥ 0 (0: no example predictions)")
     cfg, p, state = read_pipeline(run)
     epochs = p.segmenter_epochs if epochs is None and steps is None else epochs
     dev = resolve_device(device)
@@ -544,9 +609,15 @@ def run_table1(run: str | Path, synthetic: dict[str, str | Path], out: str | Pat
         models = (train_segmenter([real_train], n_steps, p, seed + r, dev) for r in range(repeats))
         trained = f"{len(real_train)} real training slices, {n_steps[0]} steps, {repeats} repeat(s)"
     results: list[list[dict[str, Any]]] = [[] for _ in test_sets]
-    for model in models:
+    keys = ["real" if kind == "real" else name for name, kind, _, _ in test_sets]  # the figures' set names
+    ex_idx = [example_slices(pool, examples) for _, _, _, pool in test_sets]
+    ex: dict[str, np.ndarray] = {}
+    for r, model in enumerate(models):
         for i, (_, _, _, pool) in enumerate(test_sets):
             results[i].append(evaluate(model, pool, p.n_classes, dev, p.modalities))
+            if r == 0 and ex_idx[i]:
+                ex.update(example_arrays(pool, ex_idx[i], f"{keys[i]}/"))
+                ex[f"{keys[i]}/predictions"] = predict_labels(model, pool, ex_idx[i], dev)
     rows = []
     for (name, kind, root, pool), res in zip(test_sets, results):
         row = {"method": name, "test": kind, **({"synthetic": root} if root else {}), **res[0],
@@ -564,6 +635,13 @@ def run_table1(run: str | Path, synthetic: dict[str, str | Path], out: str | Pat
               "budget": {"epochs": epochs, "steps": steps, "repeats": 1 if use_run_segmenter else repeats},
               "seed": seed, "device": str(dev), "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "rows": rows}
+    if ex:
+        sets = [k for k in keys if f"{k}/predictions" in ex]
+        n_views = ex[f"{sets[0]}/predictions"].shape[1]
+        out.mkdir(parents=True, exist_ok=True)
+        write_examples(out / "table1_examples.npz", {**ex, "sets": np.asarray(sets, dtype=str),
+                                                     "views": np.asarray(_view_names(p, n_views), dtype=str)})
+        record["examples"] = {"file": "table1_examples.npz", "sets": sets, "repeat": "the first segmenter"}
     lines = ["# Qu et al. Table 1 — lesion detection on real and synthetic test data", "",
              f"Segmenter ({p.segmenter_input}): {trained}. Synthetic sets generated without the segmenter filter "
              f"(Sec. 3.5); each tested on as many slices as the real test set ({len(test)}).",
