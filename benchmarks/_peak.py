@@ -26,22 +26,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _best_rate(fn: Callable[[], Any], flops: float, device: torch.device, repeats: int) -> float:
-    """Best-of-``repeats`` GFLOP/s of ``fn`` (one warm-up call first)."""
+def _best_rate(fn: Callable[[], Any], flops: float, device: torch.device, repeats: int) -> tuple[float, float]:
+    """Best-of-``repeats`` GFLOP/s of ``fn`` (one warm-up call first): ``(per wall second,
+    per CPU second of this process)``. The second divides by the CPU time the process's threads
+    actually got (``time.process_time``), so on a shared machine it does not depend on how
+    many other processes compete for the cores (a thread waiting for a core is not counted;
+    one spinning at a barrier is)."""
     fn()
     _sync(device)
-    best = float("inf")
+    best = best_cpu = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         _sync(device)
         best = min(best, time.perf_counter() - t0)
-    return flops / best / 1e9
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return flops / best / 1e9, flops / max(best_cpu, 1e-9) / 1e9
 
 
 def measure_peak(device: str | torch.device = "cpu", *, repeats: int = 5, size: int = 2048,
                  conv_channels: int = 128, conv_hw: int = 72, conv_batch: int = 8) -> dict[str, Any]:
-    """Measured peak GFLOP/s of this machine: ``{"matmul": …, "conv": …, "dtype": …}``.
+    """Measured peak GFLOP/s of this machine: ``{"matmul": …, "conv": …, "conv_cpu": …, "dtype": …}``.
+
+    ``conv_cpu``: the convolution's GFLOP per CPU-second of this process (the process's CPU
+    time summed over its threads, so for T threads it is 1/T of a wall-clock rate on T free
+    cores); compare it with a workload's FLOPs / CPU seconds.
 
     CPU: fp32 ``size``² matmul and a ``conv_channels`` → ``conv_channels`` 3×3 convolution on
     ``(conv_batch, C, conv_hw, conv_hw)`` channels-last (the shape of a UNet25D level).
@@ -54,14 +63,14 @@ def measure_peak(device: str | torch.device = "cpu", *, repeats: int = 5, size: 
     with torch.inference_mode():
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
-        matmul = _best_rate(lambda: a @ b, 2.0 * size**3, device, repeats)
+        matmul, _ = _best_rate(lambda: a @ b, 2.0 * size**3, device, repeats)
         conv = torch.nn.Conv2d(conv_channels, conv_channels, 3, padding=1, bias=False).to(device, dtype).eval()
         x = torch.randn(conv_batch, conv_channels, conv_hw, conv_hw, device=device, dtype=dtype)
         x = x.contiguous(memory_format=torch.channels_last)
         conv = conv.to(memory_format=torch.channels_last)
         conv_flops = 2.0 * conv_batch * conv_channels * conv_channels * 9 * conv_hw * conv_hw
-        conv_rate = _best_rate(lambda: conv(x), conv_flops, device, repeats)
-    return {"matmul": matmul, "conv": conv_rate, "dtype": str(dtype).replace("torch.", ""),
+        conv_rate, conv_cpu = _best_rate(lambda: conv(x), conv_flops, device, repeats)
+    return {"matmul": matmul, "conv": conv_rate, "conv_cpu": conv_cpu, "dtype": str(dtype).replace("torch.", ""),
             "threads": torch.get_num_threads(), "device": str(device)}
 
 
@@ -77,4 +86,5 @@ def count_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
 
 def describe_peak(peak: dict[str, Any]) -> str:
     return (f"measured peak ({peak['dtype']}, {peak['threads']} threads, {peak['device']}): "
-            f"matmul {peak['matmul']:.1f} GFLOP/s, 3×3 conv {peak['conv']:.1f} GFLOP/s")
+            f"matmul {peak['matmul']:.1f} GFLOP/s, 3×3 conv {peak['conv']:.1f} GFLOP/s "
+            f"({peak['conv_cpu']:.1f} GFLOP per CPU-second)")

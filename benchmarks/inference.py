@@ -16,6 +16,9 @@ Methods:
   foreground's in-plane box, windows and slices without foreground are skipped), BatchNorm
   folded into the convolutions (``--no-fold`` turns that off), channels-last batches on the CPU
   (``--medsyn-layout nchw`` turns that off), optionally ``--compile``.
+* ``medsyn-grid``: ``medsyn`` with ``region=foreground-grid`` (whatever ``--region`` says): the
+  full field of view's tiling, windows and slices without foreground skipped; inside the mask
+  the same computation as ``monai``.
 * ``medsyn-full``: the same function over the whole field of view (``region=full``), no folding:
   medsyn before foreground-aware inference.
 * ``monai``: what a MONAI user writes for 2.5D: build the ``(Z, M·k, X, Y)`` stack tensor of the
@@ -53,9 +56,9 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = ("medsyn", "medsyn-full", "monai", "monai-box", "loop")
+METHODS = ("medsyn", "medsyn-grid", "medsyn-full", "monai", "monai-box", "loop")
 #: methods whose output is defined only inside the mask (background outside)
-MASKED = ("medsyn", "monai-box")
+MASKED = ("medsyn", "medsyn-grid", "monai-box")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,6 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-fold", action="store_true", help="medsyn: do not fold BatchNorm into the convolutions")
     p.add_argument("--compile", action="store_true", help="medsyn: torch.compile (inductor); compile time reported apart")
     p.add_argument("--peak-repeats", type=int, default=5, help="best-of-N for the peak matmul/conv")
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="keep each method's output (METHOD.npy) and timings (METHOD.json) in DIR, e.g. to compare "
+                        "with a method timed in another run")
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -305,7 +311,7 @@ def run_loop(model, volume, args, device, amp_dtype, mask=None, stats=None):
     return out / norm[None, :, :, None]
 
 
-RUNS = {"medsyn": run_medsyn, "medsyn-full": run_medsyn, "monai": run_monai, "monai-box": run_monai_box,
+RUNS = {"medsyn": run_medsyn, "medsyn-grid": run_medsyn, "medsyn-full": run_medsyn, "monai": run_monai, "monai-box": run_monai_box,
         "loop": run_loop}
 
 
@@ -323,21 +329,23 @@ def worker(args) -> None:
     volume, mask = load_volume_and_mask(args)
     model, model_name = build_model(args, device)
     compile_s = None
-    if args.worker == "medsyn":  # as `medsyn predict` prepares the generator
-        from medsyn.inference.speedups import compile_model, fold_batchnorm
+    if args.worker in ("medsyn", "medsyn-grid"):  # as `medsyn predict` prepares the generator
+        from medsyn.inference.speedups import compile_model, prepare_for_inference
 
-        model = model if args.no_fold else fold_batchnorm(model)
+        model = prepare_for_inference(model, fold=not args.no_fold)
         if args.compile:
             model = compile_model(model)
     if args.worker == "medsyn-full":
         args.region = "full"
+    if args.worker == "medsyn-grid":
+        args.region = "foreground-grid"
     # warm-up: one call with the method's batch shape (oneDNN/cuDNN set-up is not inference time;
     # for --compile this is the compilation, reported apart)
     warm_batch = 1 if args.worker == "loop" else args.batch
     t0 = time.perf_counter()
     with torch.inference_mode():
         model(torch.zeros(warm_batch, model_in(args), *args.patch, device=device))
-    if args.compile and args.worker == "medsyn":
+    if args.compile and args.worker in ("medsyn", "medsyn-grid"):
         compile_s = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -348,15 +356,16 @@ def worker(args) -> None:
         import monai.inferers  # noqa: F401
     rss_before = _rss_mb()
     stats: dict = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = RUNS[args.worker](model, volume, args, device, amp_dtype, mask=mask, stats=stats)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     np.save(args.out, out)
     result = {
         "method": args.worker,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "windows": stats["windows"],
         "compile_s": compile_s,
         "rss_before_mb": rss_before,
@@ -415,7 +424,9 @@ def main(argv=None) -> int:
     uptime_before = os.getloadavg()
     peaks = [_peak(args)]
     flops = _flops_per_window(args)
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() if args.keep is None else _nullcontext(str(args.keep)) as tmp:
         for round_ in range(max(1, args.repeat)):  # interleaved rounds: load changes hit every method alike
             for method in args.methods:
                 out = Path(tmp) / f"{method}.npy"
@@ -428,6 +439,9 @@ def main(argv=None) -> int:
                 r = json.loads(line[len("RESULT "):])
                 print(f"  round {round_ + 1}: {method:11s} {r['seconds']:.1f} s, {r['windows']} windows, "
                       f"1-min load {os.getloadavg()[0]:.1f}", flush=True)
+                if args.keep:
+                    r["load_after"] = os.getloadavg()
+                    (Path(tmp) / f"{method}.json").write_text(json.dumps(r))
                 if method not in results or r["seconds"] < results[method]["seconds"]:
                     results[method] = r
                 results[method]["output"] = np.load(out)
@@ -455,15 +469,18 @@ def main(argv=None) -> int:
     if args.slices and mask is not None:
         print(f"on the whole volume (all {_whole_depth(args)} slices, counted, not run): {_whole_volume_windows(args)}")
     conv_peak = max(p["conv"] for p in peaks)
+    conv_cpu_peak = max(p["conv_cpu"] for p in peaks)
     print()
     gpu = args.device.startswith("cuda")
     print(f"{'method':11s} {'seconds':>9s} {'windows':>8s} {'ms/window':>10s} {'GFLOP/s':>8s} "
-          f"{'% conv peak' if not gpu else 'MFU %':>11s} {'peak RSS MB':>12s} {'+ over setup MB':>16s}"
-          + (f" {'CUDA peak MB':>13s}" if gpu else ""))
+          f"{'% conv peak' if not gpu else 'MFU %':>11s} {'CPU s':>8s} {'% (CPU time)':>12s} "
+          f"{'peak RSS MB':>12s} {'+ over setup MB':>16s}" + (f" {'CUDA peak MB':>13s}" if gpu else ""))
     for name, r in results.items():
         rate = flops * r["windows"] / r["seconds"] / 1e9
+        cpu_rate = flops * r["windows"] / max(r["cpu_seconds"], 1e-9) / 1e9
         line = (f"{name:11s} {r['seconds']:9.2f} {r['windows']:8d} {1000 * r['seconds'] / r['windows']:10.1f} "
-                f"{rate:8.1f} {100 * rate / conv_peak:11.1f} {r['peak_rss_mb']:12.0f} "
+                f"{rate:8.1f} {100 * rate / conv_peak:11.1f} {r['cpu_seconds']:8.1f} "
+                f"{100 * cpu_rate / conv_cpu_peak:12.1f} {r['peak_rss_mb']:12.0f} "
                 f"{r['peak_rss_mb'] - r['rss_before_mb']:16.0f}")
         if r["cuda_peak_mb"] is not None:
             line += f" {r['cuda_peak_mb']:13.0f}"
@@ -471,12 +488,14 @@ def main(argv=None) -> int:
         if r.get("compile_s") is not None:
             print(f"{'':11s} (+ {r['compile_s']:.1f} s compiling, not included)")
     print()
-    if "medsyn" in results:
-        t = results["medsyn"]["seconds"]
+    for ours in ("medsyn", "medsyn-grid"):
+        if ours not in results:
+            continue
+        t = results[ours]["seconds"]
         for other in results:
-            if other != "medsyn":
+            if not other.startswith("medsyn"):
                 ratio = results[other]["seconds"] / t
-                print(f"medsyn vs {other:11s}: {ratio:5.2f}x {'faster' if ratio >= 1 else 'slower'} "
+                print(f"{ours} vs {other:11s}: {ratio:5.2f}x {'faster' if ratio >= 1 else 'slower'} "
                       f"({results[other]['seconds']:.1f} s / {t:.1f} s)")
     tol = 5e-2 if args.amp else 1e-4
     ok = True
@@ -495,6 +514,12 @@ def main(argv=None) -> int:
             ok &= agree
             print(f"max |{names[a]} - {names[b]}| {where} = {diff:.2e} ({'agree' if agree else 'DISAGREE'}, tol {tol:g})")
     return 0 if ok else 1
+
+
+def _nullcontext(value):
+    import contextlib
+
+    return contextlib.nullcontext(value)
 
 
 def _whole_depth(args) -> int:

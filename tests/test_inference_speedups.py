@@ -10,7 +10,7 @@ from medsyn.config import RunConfig
 from medsyn.errors import ConfigError
 from medsyn.inference import speedups
 from medsyn.inference.predict import inference_generator, predict_case_arrays
-from medsyn.inference.speedups import amp_dtype, fold_batchnorm
+from medsyn.inference.speedups import ConvReLU2d, amp_dtype, fold_batchnorm, fuse_conv_relu, prepare_for_inference
 from medsyn.methods import METHODS
 from medsyn.models.generators.unet25d import UNet25D
 
@@ -53,6 +53,50 @@ def test_only_batchnorm_after_a_convolution_with_running_stats_is_folded():
     x = torch.randn(2, 2, 8, 8)
     with torch.inference_mode():
         assert (folded(x) - model.eval()(x)).abs().max() <= 1e-5
+
+
+needs_fused_ops = pytest.mark.skipif(speedups._pointwise_ops() is None, reason="no oneDNN fused convolution ops")
+
+
+@needs_fused_ops
+@pytest.mark.parametrize("base", [8, 16])
+def test_fused_conv_relu_unet_equals_the_folded_one(base):
+    """Inference preparation (fold + conv/ReLU fusion + split concatenation) keeps the fp32 values."""
+    torch.manual_seed(0)
+    model = randomise_batchnorm(UNet25D(5, 1, base=base, depth=3)).eval()
+    prepared = prepare_for_inference(model)
+    fused = [m for m in prepared.modules() if isinstance(m, ConvReLU2d)]
+    assert len(fused) == 14 and not any(isinstance(m, torch.nn.ReLU) for m in prepared.modules())
+    assert not any(isinstance(m, ConvReLU2d) for m in model.modules())  # the model itself is unchanged
+    x = torch.randn(3, 5, 48, 40)
+    calls = []
+    original = fused[0]._ops[1]
+    fused_ops = (fused[0]._ops[0], lambda *a: calls.append(1) or original(*a))
+    for m in fused:
+        m._ops = fused_ops
+    with torch.inference_mode():
+        ref = model(x)
+        out_cl = prepared(x.contiguous(memory_format=torch.channels_last))
+        out_nchw = prepared(x)  # NCHW input: eager fallback
+    assert calls, "the decoders' concatenation was not split"
+    assert (out_cl - ref).abs().max() <= 1e-5 and (out_nchw - ref).abs().max() <= 1e-5
+
+
+@needs_fused_ops
+def test_fused_conv_relu_falls_back_under_autograd_and_keeps_gradients():
+    torch.manual_seed(0)
+    seq = fuse_conv_relu(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Identity(), torch.nn.ReLU(),
+                                             torch.nn.Conv2d(4, 2, 1), torch.nn.Tanh()))
+    assert [type(m).__name__ for m in seq] == ["ConvReLU2d", "Identity", "Identity", "Conv2d", "Tanh"]
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    seq(x).sum().backward()
+    assert x.grad is not None and seq[0].conv.weight.grad is not None
+    a, b = torch.randn(2, 1, 8, 8), torch.randn(2, 2, 8, 8)
+    with torch.inference_mode():
+        cat = seq[0].conv(torch.cat([a, b], 1)).relu()
+        split = seq[0].forward_cat(a.contiguous(memory_format=torch.channels_last),
+                                   b.contiguous(memory_format=torch.channels_last))
+    assert (split - cat).abs().max() <= 1e-5
 
 
 def test_amp_is_bf16_only_when_asked_and_refused_on_a_cpu_without_bf16(monkeypatch):

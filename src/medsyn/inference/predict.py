@@ -27,7 +27,7 @@ from medsyn.data.pipeline import normalize_case
 from medsyn.data.sampling import AXES
 from medsyn.errors import CheckpointError, DatasetError, GeometryError, MedsynWarning, OutputError
 from medsyn.inference.sliding_window import predict_volume_25d
-from medsyn.inference.speedups import amp_dtype, compile_model, fold_batchnorm
+from medsyn.inference.speedups import amp_dtype, compile_model, prepare_for_inference
 from medsyn.io.image import image_stem, is_image_path, write_like
 from medsyn.methods import METHODS, Method
 from medsyn.training import checkpoint as ckpt
@@ -80,11 +80,12 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "auto") -> 
 
 def inference_generator(method: Method, cfg: RunConfig, *, compiled: bool | None = None) -> torch.nn.Module:
     """The method's generator prepared for inference (``cfg.inference``): an eval-mode copy with
-    BatchNorm folded into the convolutions (``fold_batchnorm``), optionally compiled (``compiled``,
+    BatchNorm folded into the convolutions and, on CPU, conv+ReLU fused (``fold_batchnorm``;
+    ``prepare_for_inference``), optionally compiled (``compiled``,
     default ``cfg.inference.compile``). Prepare it once per set of weights; the method is unchanged."""
     G = method.networks[method.generator_name]
     inf = cfg.inference
-    prepared = fold_batchnorm(G) if inf.fold_batchnorm else G
+    prepared = prepare_for_inference(G, fold=inf.fold_batchnorm)
     if inf.compile if compiled is None else compiled:
         prepared = compile_model(prepared)
     return prepared
