@@ -12,10 +12,12 @@ hands the model), prints:
    128→128 3×3 conv peak of ``benchmarks/_peak.py`` measured in the same run;
 3. the forward's median time per variant, interleaved (A B A B …) so load changes hit all alike.
 
-Variants: ``eager`` (folded module, channels-last input: what medsyn runs today), ``nchw``
+Variants: ``eager`` (folded module, channels-last input: medsyn before the fusion), ``fused``
+(:func:`medsyn.inference.speedups.prepare_for_inference`: what ``medsyn predict`` runs), ``nchw``
 (the same, contiguous NCHW input), ``jit`` (``torch.jit.trace`` + ``torch.jit.freeze`` +
 ``torch.jit.optimize_for_inference``: the oneDNN-layout path), ``mkldnn``
-(``torch.utils.mkldnn.to_mkldnn`` on the folded module, input converted with ``.to_mkldnn()``).
+(``torch.utils.mkldnn.to_mkldnn`` on the folded module, input converted with ``.to_mkldnn()``;
+fails on UNet25D: ``torch.cat`` of mkldnn tensors is not supported, and it is reported as such).
 
     python benchmarks/inference_profile.py --base 64 --threads 2
     python benchmarks/inference_profile.py --base 32 --variants eager jit --steps 3
@@ -37,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _peak import count_flops, describe_peak, measure_peak  # noqa: E402
 
-VARIANTS = ("eager", "nchw", "jit", "mkldnn")
+VARIANTS = ("eager", "fused", "nchw", "jit", "mkldnn")
 
 
 def build(base: int, in_channels: int):
@@ -56,12 +58,31 @@ def build(base: int, in_channels: int):
     return model, fold_batchnorm(model)
 
 
+def freeze_for_inference(model: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """``torch.jit.trace`` + ``torch.jit.freeze`` + ``torch.jit.optimize_for_inference`` of ``model``.
+
+    ``example``: one input batch ``(B, C, H, W)`` (channels-last on CPU, as the sliding window
+    hands it). On CPU ``optimize_for_inference`` folds conv-bn, fuses conv-add/relu and runs the
+    convolutions in oneDNN's blocked layout between them. Tracing records the ops of this one
+    call: Python control flow on the input (UNet25D's shape check) is not re-run.
+    """
+    import warnings
+
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model.eval(), example, check_trace=False)
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+
 def prepare(variant: str, folded: torch.nn.Module, example: torch.Tensor):
     """``(callable taking an NCHW float tensor, description)`` for one variant."""
-    from medsyn.inference.speedups import freeze_for_inference
-
     if variant == "eager":
         return lambda x: folded(x.contiguous(memory_format=torch.channels_last)), "folded, channels-last input"
+    if variant == "fused":
+        from medsyn.inference.speedups import prepare_for_inference
+
+        fused = prepare_for_inference(folded)
+        return lambda x: fused(x.contiguous(memory_format=torch.channels_last)), "medsyn predict's: + conv/ReLU fused, split concat"
     if variant == "nchw":
         return lambda x: folded(x.contiguous()), "folded, NCHW input"
     if variant == "jit":
@@ -70,14 +91,9 @@ def prepare(variant: str, folded: torch.nn.Module, example: torch.Tensor):
     if variant == "mkldnn":
         from torch.utils import mkldnn as mkldnn_utils
 
-        net = mkldnn_utils.to_mkldnn(_unchecked(folded))
+        net = mkldnn_utils.to_mkldnn(folded)
         return lambda x: net(x.to_mkldnn()).to_dense(), "torch.utils.mkldnn.to_mkldnn (blocked layout end to end)"
     raise SystemExit(f"unknown variant {variant!r}; expected one of {VARIANTS}")
-
-
-def _unchecked(model):
-    """UNet25D's input check reads ``x.shape``/``x.dim()``, which an mkldnn tensor has; keep it."""
-    return model
 
 
 def per_layer(folded: torch.nn.Module, x: torch.Tensor, peak: float, repeats: int) -> None:
@@ -125,7 +141,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="forwards per variant under the profiler")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--repeats", type=int, default=3, help="best-of-N for each layer alone and for the peak")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["eager", "jit"])
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["eager", "fused", "jit"])
     p.add_argument("--skip", nargs="*", choices=("profile", "layers"), default=[])
     args = p.parse_args(argv)
     if args.threads:

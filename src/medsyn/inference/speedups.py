@@ -34,8 +34,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from medsyn.errors import ConfigError
 
-__all__ = ["ConvReLU2d", "amp_dtype", "compile_model", "cpu_supports_bf16", "fold_batchnorm", "freeze_for_inference",
-           "fuse_conv_relu", "prepare_for_inference"]
+__all__ = ["ConvReLU2d", "amp_dtype", "compile_model", "cpu_supports_bf16", "fold_batchnorm", "fuse_conv_relu",
+           "prepare_for_inference"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -164,22 +164,6 @@ def compile_model(model: nn.Module) -> nn.Module:
 
     inductor_config.freezing = True
     return torch.compile(model, backend="inductor", dynamic=False)
-
-
-def freeze_for_inference(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """``torch.jit.trace`` + ``torch.jit.freeze`` + ``torch.jit.optimize_for_inference`` of ``model``.
-
-    ``example``: one input batch ``(B, C, H, W)`` (channels-last on CPU, as the sliding window
-    hands it). On CPU ``optimize_for_inference`` folds conv-bn, fuses conv-add/relu and runs the
-    convolutions in oneDNN's blocked layout between them. Tracing records the ops of this one
-    call: Python control flow on the input (UNet25D's shape check) is not re-run.
-    """
-    import warnings
-
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(copy.deepcopy(model).eval(), example, check_trace=False)
-        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
 
 
 def cpu_supports_bf16() -> bool:
