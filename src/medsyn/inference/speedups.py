@@ -79,6 +79,8 @@ class ConvReLU2d(nn.Module):
     Holds the original ``nn.Conv2d`` (``self.conv``, weights channels-last). The fused call is
     used for a float32 channels-last CPU input outside autograd and autocast; otherwise the
     eager ``relu(conv(x))``. Shapes: ``(B, C_in, H, W) → (B, C_out, H', W')`` as the conv.
+    :meth:`forward_cat` caches the two halves of the weight at its first call: prepare a new
+    copy (:func:`prepare_for_inference`) for new weights rather than loading them into this one.
     """
 
     def __init__(self, conv: nn.Conv2d) -> None:

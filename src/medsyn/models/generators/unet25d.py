@@ -58,17 +58,6 @@ def _norm(kind: str, channels: int) -> nn.Module:
 class DoubleConv(nn.Sequential):
     """[conv3x3 (padding 1) -> norm -> ReLU] x 2; (B, C_in, H, W) -> (B, C_out, H, W)."""
 
-    def forward_cat(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``self(torch.cat([a, b], dim=1))``; a first layer with its own ``forward_cat`` (the
-        inference-time fused conv+ReLU, medsyn.inference.speedups) does it without the copy."""
-        first = self[0]
-        if not hasattr(first, "forward_cat"):
-            return self(torch.cat([a, b], dim=1))
-        x = first.forward_cat(a, b)
-        for layer in list(self)[1:]:
-            x = layer(x)
-        return x
-
     def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
         bias = norm == "none"
         super().__init__(
@@ -79,6 +68,17 @@ class DoubleConv(nn.Sequential):
             _norm(norm, out_channels),
             nn.ReLU(inplace=True),
         )
+
+    def forward_cat(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``self(torch.cat([a, b], dim=1))``; a first layer with its own ``forward_cat`` (the
+        inference-time fused conv+ReLU, medsyn.inference.speedups) does it without the copy."""
+        first = self[0]
+        if not hasattr(first, "forward_cat"):
+            return self(torch.cat([a, b], dim=1))
+        x = first.forward_cat(a, b)
+        for layer in list(self)[1:]:
+            x = layer(x)
+        return x
 
 
 def _positive_int(value, key: str) -> int:
