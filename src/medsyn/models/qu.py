@@ -14,7 +14,8 @@ Stage 1 — random structure maps (Sec. 2.3, Fig. 2):
     :class:`MaskGenerator` ``MASK``: f -> mask (Algorithm 2 convention, 1 outside the brain).
 Stage 2 — modality reconstruction / translation (Sec. 2.4) and generation (Sec. 2.6):
     :class:`ModalityEncoder` ``EC``: x_i -> code_i;
-    :class:`ModalityDecoder` ``DC``: (code, one-hot modality i) -> x_i;
+    :class:`ModalityDecoder` ``DC``: (code, one-hot modality i) -> x_i, its instance norms
+        modality-conditional (:class:`ConditionalInstanceNorm2d`);
     :class:`ModalityDiscriminator` ``D``: x -> (d real/fake map, c modality-class map);
     :class:`FusionEncoder`: fused structure+label map -> code_g;
     :class:`MultimodalGenerator`: fused map -> (code_g, [x_{g,0}, ..., x_{g,n-1}]).
@@ -405,6 +406,26 @@ class FusionEncoder(QuEncoder):
         super().__init__(n_label_classes, code_channels, base_channels, n_down, input_dropout)
 
 
+def modality_index(
+    modality: int | torch.Tensor, n_modalities: int, like: torch.Tensor
+) -> torch.Tensor:
+    """The modality of every batch element as a ``(B,)`` long tensor on ``like``'s device.
+
+    ``modality`` is an int (same for the batch) or a ``(B,)`` integer tensor.
+    """
+    b = like.shape[0]
+    if isinstance(modality, int):
+        if not 0 <= modality < n_modalities:
+            raise ValueError(f"modality: expected 0..{n_modalities - 1}, got {modality}")
+        return torch.full((b,), modality, dtype=torch.long, device=like.device)
+    idx = modality.to(device=like.device, dtype=torch.long).reshape(-1)
+    if idx.numel() != b:
+        raise ValueError(f"modality: expected {b} indices, got {idx.numel()}")
+    if idx.min() < 0 or idx.max() >= n_modalities:
+        raise ValueError(f"modality: expected indices in 0..{n_modalities - 1}, got {idx.tolist()}")
+    return idx
+
+
 def modality_code(
     modality: int | torch.Tensor, n_modalities: int, like: torch.Tensor
 ) -> torch.Tensor:
@@ -413,18 +434,40 @@ def modality_code(
     ``modality`` is an int (same for the batch) or a ``(B,)`` integer tensor.
     """
     b, _, h, w = like.shape
-    if isinstance(modality, int):
-        if not 0 <= modality < n_modalities:
-            raise ValueError(f"modality: expected 0..{n_modalities - 1}, got {modality}")
-        idx = torch.full((b,), modality, dtype=torch.long, device=like.device)
-    else:
-        idx = modality.to(device=like.device, dtype=torch.long).reshape(-1)
-        if idx.numel() != b:
-            raise ValueError(f"modality: expected {b} indices, got {idx.numel()}")
-        if idx.min() < 0 or idx.max() >= n_modalities:
-            raise ValueError(f"modality: expected indices in 0..{n_modalities - 1}, got {idx.tolist()}")
+    idx = modality_index(modality, n_modalities, like)
     onehot = F.one_hot(idx, n_modalities).to(like.dtype)
     return onehot[:, :, None, None].expand(b, n_modalities, h, w)
+
+
+class ConditionalInstanceNorm2d(nn.InstanceNorm2d):
+    """Instance norm with a per-modality affine on top (conditional instance normalisation,
+    Dumoulin et al., ICLR 2017): ``y = (IN(x) * weight + bias) * modality_scale[i] + modality_shift[i]``.
+
+    ``weight``/``bias`` are the shared affine of :class:`nn.InstanceNorm2d` (same state-dict
+    keys); ``modality_scale``/``modality_shift`` ``(n_modalities, C)`` start at 1 and 0, so a new
+    layer equals a plain affine instance norm. A state dict without them (saved before they
+    existed) loads with them at that identity value. ``forward(x)`` without a modality skips them.
+    """
+
+    def __init__(self, num_features: int, n_modalities: int):
+        super().__init__(num_features, affine=True)
+        self.n_modalities = n_modalities
+        self.modality_scale = nn.Parameter(torch.ones(n_modalities, num_features))
+        self.modality_shift = nn.Parameter(torch.zeros(n_modalities, num_features))
+
+    def forward(self, x: torch.Tensor, modality: torch.Tensor | None = None) -> torch.Tensor:
+        y = super().forward(x)
+        if modality is None:
+            return y
+        return y * self.modality_scale[modality][:, :, None, None] + self.modality_shift[modality][:, :, None, None]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        for name, fill in (("modality_scale", 1.0), ("modality_shift", 0.0)):
+            if prefix + name not in state_dict and prefix + "weight" in state_dict:  # an older checkpoint
+                state_dict[prefix + name] = torch.full_like(getattr(self, name), fill)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
 
 class ModalityDecoder(nn.Module):
@@ -434,9 +477,20 @@ class ModalityDecoder(nn.Module):
     code grid (Sec. 2.4: "connected with different condition vectors"); channel layout
     ``[code (code_channels) | one-hot (n_modalities)]``. Input dropout acts on the code only,
     never on the condition. The first block has no instance norm, which would erase the
-    condition (see :class:`QuDecoder`). Under the mean-filter initialisation every input channel
-    has the same weight and the one-hot channels sum to 1, so at initialisation the output does
-    not depend on the modality; training (from the jittered init) separates them.
+    condition (see :class:`QuDecoder`).
+
+    The concatenated condition alone is not enough: after the first convolution it is a
+    per-channel constant, and where the first block's pre-activations keep one sign the
+    LeakyReLU is linear and the next instance norm subtracts it, so every modality decoded to
+    the same image. Every instance norm of the decoder is therefore a
+    :class:`ConditionalInstanceNorm2d` with a per-modality scale and shift applied *after* the
+    normalisation, where no later norm can cancel it (the last one feeds the output convolution
+    directly). They start at (1, 0), so a new decoder computes exactly what the
+    concatenation-only decoder computed with the same seed, and older state dicts load with
+    them at that identity value. Under the mean-filter initialisation every input channel has
+    the same weight and the one-hot channels sum to 1, so at initialisation the output does not
+    depend on the modality; training (the modality losses differ per modality, and so do the
+    gradients of each modality's scale and shift) separates them.
     """
 
     def __init__(
@@ -454,10 +508,22 @@ class ModalityDecoder(nn.Module):
         self.decoder = QuDecoder(
             code_channels + n_modalities, 1, base_channels, n_up, out_activation, input_dropout=0.0, first_norm=False
         )
+        # every instance norm -> conditional instance norm (identity per-modality affine; no RNG
+        # is drawn, so the convolutions' initial weights are those of the plain decoder)
+        for block in self.decoder.net:
+            if isinstance(block, nn.Sequential):
+                for k, m in enumerate(block):
+                    if isinstance(m, nn.InstanceNorm2d):
+                        block[k] = ConditionalInstanceNorm2d(m.num_features, n_modalities)
 
     def forward(self, code: torch.Tensor, modality: int | torch.Tensor) -> torch.Tensor:
-        cond = modality_code(modality, self.n_modalities, code)
-        return self.decoder(torch.cat([self.dropout(code), cond], dim=1))
+        idx = modality_index(modality, self.n_modalities, code)
+        cond = modality_code(idx, self.n_modalities, code)
+        x = torch.cat([self.dropout(code), cond], dim=1)
+        for layer in self.decoder.net:
+            for m in layer if isinstance(layer, nn.Sequential) else (layer,):
+                x = m(x, idx) if isinstance(m, ConditionalInstanceNorm2d) else m(x)
+        return x
 
 
 class ModalityDiscriminator(PatchDiscriminator):
