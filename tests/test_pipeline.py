@@ -82,6 +82,24 @@ def test_predict_keeps_geometry_and_units_then_evaluate(trained, tmp_path):
     assert (tmp_path / "eval" / "metrics.csv").is_file()
 
 
+
+def test_predict_confidence_with_train_mode_batch_norm(trained, tmp_path):
+    """--confidence-bn train: D2's batch norm uses each batch's statistics (as in training), so
+    the exported map differs from the default eval-mode one but stays a probability; a bad value
+    is one line and exit 2, writing nothing."""
+    src = str(sample_root() / TEST)
+    assert main(["predict", str(trained), src, "--out", str(tmp_path / "e"), "--confidence"]) == 0
+    assert main(["predict", str(trained), src, "--out", str(tmp_path / "t"), "--confidence",
+                 "--confidence-bn", "train"]) == 0
+    e, t = (nib.load(tmp_path / d / TEST / "t2w_confidence.nii.gz").get_fdata() for d in ("e", "t"))
+    assert t.min() >= 0 and t.max() <= 1
+    assert np.abs(t - e).max() > 1e-4
+    # the synthesis itself does not depend on D2's mode
+    pe, pt = (np.asarray(nib.load(tmp_path / d / TEST / "t2w.nii.gz").dataobj) for d in ("e", "t"))
+    np.testing.assert_array_equal(pe, pt)
+    assert main(["predict", str(trained), src, "--out", str(tmp_path / "bad"), "--confidence-bn", "batch"]) == 2
+    assert not (tmp_path / "bad").exists()
+
 def test_evaluate_reference_against_itself(tmp_path):
     pred = tmp_path / "pred" / TEST
     pred.mkdir(parents=True)

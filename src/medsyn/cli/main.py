@@ -200,6 +200,7 @@ def predict(
     out: Path = typer.Option(..., "--out", help="Output folder: <out>/<subject>/<target>.nii.gz."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     confidence: bool = typer.Option(False, "--confidence", help="Also write the method's confidence map (Nie et al.'s D2) as <target>_confidence.nii.gz."),
+    confidence_bn: str = typer.Option("eval", "--confidence-bn", help="D2's batch norm for --confidence: eval (running statistics; each window's map depends on that window only, the default) or train (the statistics of each batch of windows, as during training; docs/nie2018.md)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best (by validation metric) or last."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     missing: bool = typer.Option(False, "--missing", help="BraSyn run: per subject, synthesise the one absent contrast and write it with the dataset's own naming (e.g. <id>/<id>-t2w.nii.gz); exit 2 if any subject could not be completed."),
@@ -221,9 +222,15 @@ def predict(
 
     if checkpoint not in ("best", "last"):
         raise typer.BadParameter("--checkpoint must be best or last")
+    if confidence_bn not in ("eval", "train"):
+        raise typer.BadParameter(f"--confidence-bn must be eval or train, got {confidence_bn!r}")
     overrides = list(set_) + ([f"inference.overlap={overlap}"] if overlap is not None else []) + (
         [f"inference.batch_size={batch_size}"] if batch_size is not None else [])
     run = load_run(run_dir, checkpoint, device)
+    if confidence_bn != "eval":
+        if not hasattr(run.method, "confidence_bn"):
+            raise typer.BadParameter(f"--confidence-bn: method {run.cfg.method!r} has no batch-normalised confidence map")
+        run.method.confidence_bn = confidence_bn
     run.cfg = with_inference_overrides(run.cfg, overrides)
     inf = run.cfg.inference
     inf.region = "full" if full_fov else inf.region
