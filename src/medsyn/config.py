@@ -403,31 +403,28 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return obj
 
 
-def to_dict(obj: Any) -> Any:
-    """Dataclass tree → plain dict/list/scalars (JSON/YAML-serialisable)."""
+def to_dict(obj: Any, *, readable: bool = False) -> Any:
+    """Dataclass tree → plain dict/list/scalars (JSON/YAML-serialisable).
+
+    ``readable``: for people and for ``config.yaml``, a normalisation lists only the fields its
+    kind reads (:meth:`NormConfig.readable`: a percentile recipe without the CT window's
+    ``low``/``high``). Reading that back with :func:`build_config` gives the same config, so
+    :func:`config_hash` and ``--resume`` (which use the full form) do not change.
+    """
+    if readable and isinstance(obj, NormConfig):
+        return obj.readable()
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name), readable=readable) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
+        return {k: to_dict(v, readable=readable) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, readable=readable) for v in obj]
     return obj
 
 
 def readable_dict(obj: Any) -> Any:
-    """:func:`to_dict` for people and for ``config.yaml``: a normalisation lists only the fields its
-    kind reads (a percentile recipe without the CT window's ``low``/``high``). Reading the result
-    back with :func:`build_config` gives the same config, so :func:`config_hash` and ``--resume``
-    do not change (they work on :func:`to_dict`, which keeps every field)."""
-    if isinstance(obj, NormConfig):
-        return obj.readable()
-    if dataclasses.is_dataclass(obj):
-        return {f.name: readable_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {k: readable_dict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [readable_dict(v) for v in obj]
-    return obj
+    """:func:`to_dict` with ``readable=True``."""
+    return to_dict(obj, readable=True)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -49,6 +49,7 @@ import numpy as np
 from medsyn.config import DataConfig
 from medsyn.data.dataset import Dataset, Subject, resolve_root
 from medsyn.errors import ConfigError, DatasetError, OutputError
+from medsyn.io.image import publish_dir
 
 #: bump when the entry format changes (old entries are then simply not found)
 FORMAT = 1
@@ -255,7 +256,7 @@ def build_entry(subject: Subject, data: DataConfig, key_dir: Path) -> dict[str, 
         for p in tmp.iterdir():  # on disk before the rename makes the entry visible
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-        _replace_dir(tmp, final)
+        publish_dir(tmp, final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise OutputError(f"{key_dir}: cannot write the preprocessed cache ({e.strerror or e}); free space or set "
@@ -264,17 +265,6 @@ def build_entry(subject: Subject, data: DataConfig, key_dir: Path) -> dict[str, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an existing ``final`` is first renamed aside and deleted."""
-    if final.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".trash-{final.name}-", dir=final.parent))
-        os.rename(final, trash / "entry")
-        os.rename(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
 
 
 def check_entry(path: Path, subject: Subject, data: DataConfig, *, full: bool = False) -> tuple[dict[str, Any] | None, str]:

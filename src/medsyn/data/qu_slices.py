@@ -60,7 +60,7 @@ from medsyn.data.structure import (
     structural_feature_map,
 )
 from medsyn.errors import ConfigError, DatasetError, OutputError
-from medsyn.io.image import read_header_geometry
+from medsyn.io.image import publish_dir, read_header_geometry
 
 #: Sec. 3.2: "slices 55–105 of each 3D MRI" of BRATS2015 (1 mm slices), here in mm.
 PAPER_SLICE_RANGE_MM = (55.0, 105.0)
@@ -399,18 +399,8 @@ class SliceStore:
                     "shapes": {k: list(arrays[k].shape) for k in STORE_ARRAYS},
                     "dtypes": {k: str(arrays[k].dtype) for k in STORE_ARRAYS}}
             (tmp / "meta.json").write_text(json.dumps(meta))  # last: an entry without it is never used
-            final = self.dir / sid
-            if final.exists():  # stale: move it aside first (rename cannot replace a non-empty folder)
-                trash = Path(tempfile.mkdtemp(prefix=f".trash-{sid}-", dir=self.dir))
-                os.rename(final, trash / "entry")
-                shutil.rmtree(trash, ignore_errors=True)
             _memmap.cache_clear()  # no map of a replaced entry may survive
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not final.is_dir():  # another process renamed its (identical) entry first: keep that one
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)
+            publish_dir(tmp, self.dir / sid)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise OutputError(f"{self.dir}: cannot write the Qu slice cache ({e.strerror or e}); free space, set "

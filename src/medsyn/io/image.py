@@ -20,6 +20,7 @@ Arrays are read *fully* (not only the header), so truncated or corrupt files fai
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -281,6 +282,29 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         _remove_quietly(tmp)
         raise
 
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Make the finished folder ``tmp`` visible as ``final`` by a rename (cache entries).
+
+    An existing ``final`` (a stale entry) is first renamed aside — a rename cannot replace a
+    non-empty folder — and deleted after ``tmp`` took its place. If another process publishes its
+    own (identical) entry between the two renames, that one is kept and ``tmp`` removed. OSError
+    otherwise, for the caller to name its folder and setting.
+    """
+    trash = None
+    if final.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".trash-{final.name}-", dir=final.parent))
+        os.rename(final, trash / "entry")
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
 
 def make_output_dir(path: str | Path, flag: str = "--out") -> Path:
     """Create folder ``path`` (and parents); OutputError naming it and ``flag`` when it cannot be
