@@ -90,6 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="medsyn's inference.region (default foreground)")
     p.add_argument("--no-fold", action="store_true", help="medsyn: do not fold BatchNorm into the convolutions")
     p.add_argument("--compile", action="store_true", help="medsyn: torch.compile (inductor); compile time reported apart")
+    p.add_argument("--allocator", choices=("medsyn", "default", "tuned"), default="medsyn",
+                   help="host malloc: medsyn (medsyn's rows keep freed memory, as `medsyn predict` does; MONAI "
+                        "and the loop as glibc comes), default (glibc as it comes for every row; medsyn rows "
+                        "get MEDSYN_MALLOC=default) or tuned (every row keeps freed memory)")
     p.add_argument("--peak-repeats", type=int, default=5, help="best-of-N for the peak matmul/conv")
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="keep each method's output (METHOD.npy) and timings (METHOD.json) in DIR, e.g. to compare "
@@ -354,18 +358,27 @@ def worker(args) -> None:
     import medsyn.inference.sliding_window  # noqa: F401
     if args.worker.startswith("monai"):
         import monai.inferers  # noqa: F401
+    if args.allocator == "tuned" or (args.allocator == "medsyn" and args.worker.startswith("medsyn")):
+        # medsyn's inference keeps freed memory (predict_volume_25d calls it); the others as a user runs them
+        from medsyn.training.allocator import keep_freed_memory
+
+        keep_freed_memory()
     rss_before = _rss_mb()
     stats: dict = {}
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0, c0 = time.perf_counter(), time.process_time()
     out = RUNS[args.worker](model, volume, args, device, amp_dtype, mask=mask, stats=stats)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
     np.save(args.out, out)
     result = {
         "method": args.worker,
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
+        "sys_seconds": ru1.ru_stime - ru0.ru_stime,
+        "minor_faults": ru1.ru_minflt - ru0.ru_minflt,
         "windows": stats["windows"],
         "compile_s": compile_s,
         "rss_before_mb": rss_before,
@@ -431,7 +444,10 @@ def main(argv=None) -> int:
             for method in args.methods:
                 out = Path(tmp) / f"{method}.npy"
                 cmd = [sys.executable, __file__, *base_argv, "--worker", method, "--out", str(out)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+                env = os.environ.copy()
+                if args.allocator == "default":
+                    env["MEDSYN_MALLOC"] = "default"
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if proc.returncode != 0 or line is None:
                     print(f"{method} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
@@ -474,13 +490,16 @@ def main(argv=None) -> int:
     gpu = args.device.startswith("cuda")
     print(f"{'method':11s} {'seconds':>9s} {'windows':>8s} {'ms/window':>10s} {'GFLOP/s':>8s} "
           f"{'% conv peak' if not gpu else 'MFU %':>11s} {'CPU s':>8s} {'% (CPU time)':>12s} "
+          f"{'kernel %':>9s} {'faults/window':>14s} "
           f"{'peak RSS MB':>12s} {'+ over setup MB':>16s}" + (f" {'CUDA peak MB':>13s}" if gpu else ""))
     for name, r in results.items():
         rate = flops * r["windows"] / r["seconds"] / 1e9
         cpu_rate = flops * r["windows"] / max(r["cpu_seconds"], 1e-9) / 1e9
         line = (f"{name:11s} {r['seconds']:9.2f} {r['windows']:8d} {1000 * r['seconds'] / r['windows']:10.1f} "
                 f"{rate:8.1f} {100 * rate / conv_peak:11.1f} {r['cpu_seconds']:8.1f} "
-                f"{100 * cpu_rate / conv_cpu_peak:12.1f} {r['peak_rss_mb']:12.0f} "
+                f"{100 * cpu_rate / conv_cpu_peak:12.1f} "
+                f"{100 * r['sys_seconds'] / max(r['cpu_seconds'], 1e-9):9.1f} {r['minor_faults'] / r['windows']:14.0f} "
+                f"{r['peak_rss_mb']:12.0f} "
                 f"{r['peak_rss_mb'] - r['rss_before_mb']:16.0f}")
         if r["cuda_peak_mb"] is not None:
             line += f" {r['cuda_peak_mb']:13.0f}"

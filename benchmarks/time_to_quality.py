@@ -119,8 +119,8 @@ def plain_worker(a: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
+    torch.manual_seed(a.plain_seed)
+    rng = np.random.default_rng(a.plain_seed)
     k, (ph, pw), bs = a.context, a.patch, 8
     case = load(a.data, TRAIN_SUBJECT, ["t1n"], "t2w")
     src = zscore_in(case.sources["t1n"].array.astype(np.float32), case.mask)
@@ -134,8 +134,12 @@ def plain_worker(a: argparse.Namespace) -> None:
     net = plain_unet(k, a.base, a.depth, skip=not a.no_skip)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     budget = a.minutes * 60
+
+    def progress() -> float:  # share of the budget spent: wall clock, or steps with --steps
+        return steps / a.steps if a.steps else (time.monotonic() - t0) / budget
+
     t0, steps = time.monotonic(), 0
-    while time.monotonic() - t0 < budget:
+    while progress() < 1.0:
         xs, ys, ms = [], [], []
         for c in fg[rng.integers(len(fg), size=bs)]:
             i, j, s = c[0] + pad[0][0] - ph // 2, c[1] + pad[1][0] - pw // 2, c[2] + r
@@ -145,8 +149,8 @@ def plain_worker(a: argparse.Namespace) -> None:
                 x, y, m = x[:, ::-1], y[:, ::-1], m[:, ::-1]
             xs.append(x), ys.append(y), ms.append(m)
         x, y, m = (torch.from_numpy(np.ascontiguousarray(np.stack(v))) for v in (xs, ys, ms))
-        for g in opt.param_groups:  # cosine decay over the wall-clock budget
-            g["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * min(1.0, (time.monotonic() - t0) / budget)))
+        for g in opt.param_groups:  # cosine decay over the budget (wall clock, or steps with --steps)
+            g["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress())))
         loss = (net(x) - y).abs()[m].mean()
         opt.zero_grad()
         loss.backward()
@@ -207,9 +211,13 @@ def start_pair(config: str, a: argparse.Namespace, out: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     sets = [f"data.root={a.data}", f"data.train=[{TRAIN_SUBJECT}]", "data.val=[]", f"data.test=[{TEST_SUBJECT}]",
             "train.device=cpu", *a.set]
-    med_cmd = [sys.executable, "-m", "medsyn", "train", str(ROOT / config), "--out", str(run_dir),
-               "--minutes", str(a.minutes)] + [x for s in sets for x in ("--set", s)]
+    if a.steps:  # equal steps instead of equal wall time (diagnosis: learning per step, free of the load)
+        sets.append(f"train.max_steps={a.steps}")
+    budget = [] if a.steps else ["--minutes", str(a.minutes)]
+    med_cmd = [sys.executable, "-m", "medsyn", "train", str(ROOT / config), "--out", str(run_dir), *budget] + [
+        x for s in sets for x in ("--set", s)]
     plain_cmd = [sys.executable, __file__, "--plain-worker", "--data", a.data, "--minutes", str(a.minutes),
+                 "--steps", str(a.steps or 0), "--plain-seed", str(a.plain_seed),
                  "--result", str(result), "--context", str(cfg.data.context_slices),
                  "--patch", *map(str, cfg.data.patch_size), "--base", str(p.base_filters), "--depth", str(p.depth),
                  *(["--no-skip"] if no_skip else [])]
@@ -236,6 +244,10 @@ def finish_pair(job: dict, a: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=12.0, help="wall-clock training budget of each side")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="train both sides for this many steps instead of --minutes (cosine over the steps): "
+                         "compares learning per step, independent of the machine's load; not the equal-time goal")
+    ap.add_argument("--plain-seed", type=int, default=0, help="seed of the plain loop (weights and patches)")
     ap.add_argument("--data", default="sample", help="'sample' (bundled, 2 mm) or a folder holding the two BraTS cases")
     ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
     ap.add_argument("--set", action="append", default=[], help="extra --set for medsyn (and the plain loop's width)")
@@ -259,7 +271,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    print(f"time to quality: {a.minutes:g} min per side, data {a.data}, train {TRAIN_SUBJECT} → test {TEST_SUBJECT}")
+    budget = f"{a.steps} steps" if a.steps else f"{a.minutes:g} min"
+    print(f"time to quality: {budget} per side, plain loop seed {a.plain_seed}, data {a.data}, train {TRAIN_SUBJECT} → test {TEST_SUBJECT}")
     print("load:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     out = a.out / time.strftime("%Y%m%d-%H%M%S")
     rows = []

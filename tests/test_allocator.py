@@ -73,3 +73,45 @@ def test_trainer_applies_it(tmp_path):
     e["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + e.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, check=True)
     assert out.stdout.strip().splitlines()[-1] == "['M_MMAP_THRESHOLD', 'M_TRIM_THRESHOLD']"
+
+
+# inference in miniature: a model whose every call allocates and frees large feature maps (48 MiB
+# per window batch, above glibc's mmap ceiling), run by predict_volume_25d on a small volume;
+# minor page faults of the last of three whole predictions
+INFERENCE_PROBE = """
+import json, resource, sys
+import numpy as np, torch
+from medsyn.training import allocator
+from medsyn.inference.sliding_window import predict_volume_25d
+assert allocator._applied is None
+def model(x):  # (B, k, 32, 32) -> (B, 1, 32, 32) through a large temporary
+    big = torch.ones(x.shape[0], 48 * 2**18 // x.shape[0])
+    return x[:, 2:3] * big[:, :1].view(-1, 1, 1, 1)
+vol = np.random.default_rng(0).standard_normal((1, 64, 64, 8)).astype(np.float32)
+faults = []
+for _ in range(3):
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    out = predict_volume_25d(model, vol, context=5, patch_size=(32, 32), batch_size=4, blend="uniform")
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+calls = -(-8 * 9 // 4)  # slices x windows per slice / batch
+print(json.dumps({"applied": sorted(allocator._applied), "faults": faults[-1], "calls": calls,
+                  "exact": bool(np.allclose(out[0], vol[0]))}))
+"""
+
+
+@pytest.mark.parametrize("malloc", ["medsyn", "default"])
+def test_sliding_window_inference_keeps_freed_memory(malloc):
+    e = {k: v for k, v in os.environ.items() if k not in ("MEDSYN_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+    e["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + e.get("PYTHONPATH", "")
+    if malloc == "default":
+        e["MEDSYN_MALLOC"] = "default"
+    out = subprocess.run([sys.executable, "-c", INFERENCE_PROBE], capture_output=True, text=True, env=e, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["exact"]  # the probe model passes the centre slice through
+    pages_per_call = 48 * 256
+    if malloc == "medsyn":
+        assert r["applied"] == ["M_MMAP_THRESHOLD", "M_TRIM_THRESHOLD"]
+        assert r["faults"] < 0.1 * r["calls"] * pages_per_call  # the third prediction maps (almost) nothing
+    else:
+        assert r["applied"] == []
+        assert r["faults"] > 0.9 * r["calls"] * pages_per_call  # glibc re-maps every call's block

@@ -40,6 +40,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from medsyn.training.allocator import keep_freed_memory
+
 __all__ = [
     "BLEND_MODES",
     "GridSampler",
@@ -447,6 +449,10 @@ def _sliding_window(
     voxels outside the mask get ``background``. ``pad_source``: the volume the default pad value
     (each channel's minimum) is taken from, when ``volume`` is a crop of it.
     """
+    # Each batch frees and re-allocates the same feature maps (base 64, 16 windows of 144²: 85 MB
+    # each); glibc would re-map them from the kernel every layer. Keep freed memory in the process,
+    # as training does (training/allocator.py; measured in benchmarks/inference.py's kernel column).
+    keep_freed_memory()
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if pad_value is not None or sampler.needs_padding:  # a wrong pad_value fails even when unused

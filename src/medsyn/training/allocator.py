@@ -17,7 +17,9 @@ memory freed at the end of a step is kept for the next one instead of going back
 
 It is called by every training entry point — :class:`~medsyn.training.engine.Trainer` (so
 ``medsyn train``, ``torchrun`` ranks and the Python API), ``medsyn bench`` and the scripts in
-``benchmarks/`` — before the first tensor is allocated. ``mallopt`` settings live in the
+``benchmarks/`` — before the first tensor is allocated, and by medsyn's sliding-window inference
+(``inference/sliding_window.py``: ``medsyn predict``, validation, evaluation), whose batches free
+and re-allocate the same feature maps every model call. ``mallopt`` settings live in the
 process's memory, so forked DataLoader workers inherit them.
 
 Opting out: ``MEDSYN_MALLOC=default`` leaves glibc as it is; glibc's own ``MALLOC_MMAP_THRESHOLD_``
