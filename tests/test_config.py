@@ -249,7 +249,8 @@ def test_small_configs_change_only_documented_keys_and_the_demo_follows_them():
         {k: v for k, v in small.params.items() if k != "base_filters"}
     assert demo.data.patch_size == small.data.patch_size
     assert demo.data.patches_per_subject == small.data.patches_per_subject
-    assert (demo.data.flip, demo.train.lr_schedule) == (small.data.flip, small.train.lr_schedule)
+    assert (demo.data.flip, demo.train.lr_schedule, demo.train.batch_size) == \
+        (small.data.flip, small.train.lr_schedule, small.train.batch_size) == ("left-right", "cosine", 8)
     assert {m: n.kind for m, n in small.data.normalization.items()} == {"t1n": "zscore", "t2w": "zscore"}
     assert {m: n.kind for m, n in demo.data.normalization.items()} == {"t1n": "zscore", "t2w": "zscore"}
     assert {m: n.kind for m, n in paper.data.normalization.items()} == {"t1n": "percentile", "t2w": "percentile"}
