@@ -358,8 +358,7 @@ def worker(args) -> None:
     import medsyn.inference.sliding_window  # noqa: F401
     if args.worker.startswith("monai"):
         import monai.inferers  # noqa: F401
-    if args.allocator == "tuned" or (args.allocator == "medsyn" and args.worker.startswith("medsyn")):
-        # medsyn's inference keeps freed memory (predict_volume_25d calls it); the others as a user runs them
+    if args.allocator == "tuned":  # medsyn's rows get it from predict_volume_25d itself, the others here
         from medsyn.training.allocator import keep_freed_memory
 
         keep_freed_memory()

@@ -217,7 +217,7 @@ def start_pair(config: str, a: argparse.Namespace, out: Path) -> dict:
     med_cmd = [sys.executable, "-m", "medsyn", "train", str(ROOT / config), "--out", str(run_dir), *budget] + [
         x for s in sets for x in ("--set", s)]
     plain_cmd = [sys.executable, __file__, "--plain-worker", "--data", a.data, "--minutes", str(a.minutes),
-                 "--steps", str(a.steps or 0), "--plain-seed", str(a.plain_seed),
+                 "--steps", str(a.steps), "--plain-seed", str(a.plain_seed),
                  "--result", str(result), "--context", str(cfg.data.context_slices),
                  "--patch", *map(str, cfg.data.patch_size), "--base", str(p.base_filters), "--depth", str(p.depth),
                  *(["--no-skip"] if no_skip else [])]
@@ -265,6 +265,8 @@ def main() -> None:
     ap.add_argument("--base", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--depth", type=int, default=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.steps < 0 or a.minutes <= 0:
+        ap.error(f"--steps must be >= 0 (got {a.steps}) and --minutes > 0 (got {a.minutes:g})")
     sys.path.insert(0, str(ROOT / "src"))
     if a.plain_worker:
         return plain_worker(a)

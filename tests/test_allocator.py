@@ -36,11 +36,11 @@ print(json.dumps({"applied": applied, "faults": sum(faults[10:])}))
 STEP_PAGES = (64 + 40 + 100 + 64) * 256  # 4 KiB pages touched per step
 
 
-def _probe(**env: str) -> dict:
+def _probe(code: str = PROBE, **env: str) -> dict:
     e = {k: v for k, v in os.environ.items() if k not in ("MEDSYN_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
     e["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + e.get("PYTHONPATH", "")
     e.update(env)
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=e, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -101,12 +101,7 @@ print(json.dumps({"applied": sorted(allocator._applied), "faults": faults[-1], "
 
 @pytest.mark.parametrize("malloc", ["medsyn", "default"])
 def test_sliding_window_inference_keeps_freed_memory(malloc):
-    e = {k: v for k, v in os.environ.items() if k not in ("MEDSYN_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
-    e["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + e.get("PYTHONPATH", "")
-    if malloc == "default":
-        e["MEDSYN_MALLOC"] = "default"
-    out = subprocess.run([sys.executable, "-c", INFERENCE_PROBE], capture_output=True, text=True, env=e, check=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _probe(INFERENCE_PROBE, **({"MEDSYN_MALLOC": "default"} if malloc == "default" else {}))
     assert r["exact"]  # the probe model passes the centre slice through
     pages_per_call = 48 * 256
     if malloc == "medsyn":
