@@ -250,7 +250,7 @@ def main() -> None:
         sys.path.insert(0, str(REPO / "src"))
         import torch
 
-        from medsyn.training.allocator import keep_freed_memory
+        from medsyn.allocator import keep_freed_memory
 
         keep_freed_memory()  # as in `medsyn train` (the Trainer sets it; forked workers inherit it)
         torch.set_num_threads(1)

@@ -359,7 +359,7 @@ def worker(args) -> None:
     if args.worker.startswith("monai"):
         import monai.inferers  # noqa: F401
     if args.allocator == "tuned":  # medsyn's rows get it from predict_volume_25d itself, the others here
-        from medsyn.training.allocator import keep_freed_memory
+        from medsyn.allocator import keep_freed_memory
 
         keep_freed_memory()
     rss_before = _rss_mb()

@@ -24,7 +24,7 @@ Versions (same networks, same initial weights, same batch):
 
 Allocator rows (``--allocator``): ``default`` runs with ``MEDSYN_MALLOC=default`` (glibc as it
 comes: blocks over 32 MiB are mmap'd and unmapped on free, so each step re-faults them),
-``tuned`` with medsyn's setting (``medsyn.training.allocator``, what ``medsyn train`` uses).
+``tuned`` with medsyn's setting (``medsyn.allocator``, what ``medsyn train`` uses).
 
 Each row runs in its own subprocess, so its peak memory (``ru_maxrss`` on CPU,
 ``torch.cuda.max_memory_allocated`` on GPU), page faults and allocator are its own. Per row:
@@ -154,7 +154,7 @@ def plain_step(m, batch, opt_g, opt_d) -> list[float]:
 
 
 def worker(args) -> dict:
-    from medsyn.training.allocator import keep_freed_memory
+    from medsyn.allocator import keep_freed_memory
 
     applied = keep_freed_memory()  # honours MEDSYN_MALLOC=default (set by the driver for that row)
     import torch

@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", nargs="+", choices=("inference", "train", "data"), default=["inference", "train", "data"])
     ap.add_argument("--out", type=Path, default=HERE / "results", help="folder for run_all.json and run_all.png")
     args = ap.parse_args(argv)
-    from medsyn.training.allocator import keep_freed_memory
+    from medsyn.allocator import keep_freed_memory
 
     keep_freed_memory()  # the training steps run as under `medsyn train` (no page-fault churn)
     preset = "quick" if args.quick else "full"

@@ -1,6 +1,6 @@
 """Training step of Nie et al.'s dual-D + attention: time, efficiency against the machine's own
 peak, and memory churn — medsyn's step vs a straightforward one, and glibc's default allocator
-vs medsyn's setting (training/allocator.py), side by side in one run.
+vs medsyn's setting (allocator.py), side by side in one run.
 
     python benchmarks/train_step.py                          # paper size: UNet base 64, batch 10, 144²
     python benchmarks/train_step.py --threads 1 --base 32    # the issue's CPU-sized run, one thread
@@ -116,7 +116,7 @@ def real_batches(args, device, n: int = 4):
 
 def worker(args) -> dict:
     """One row in this process."""
-    from medsyn.training.allocator import keep_freed_memory
+    from medsyn.allocator import keep_freed_memory
 
     applied = keep_freed_memory()  # honours MEDSYN_MALLOC=default (set by the driver for that row)
     import torch

@@ -1,4 +1,4 @@
-"""training/allocator.py: large freed blocks are reused, not re-mapped (no page faults per step).
+"""allocator.py: large freed blocks are reused, not re-mapped (no page faults per step).
 
 Each case runs in a fresh interpreter: mallopt settings are per process and cannot be undone.
 """
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 # 32 MiB mmap ceiling), free them; minor page faults of the last ten of twenty steps
 PROBE = """
 import json, resource
-from medsyn.training.allocator import keep_freed_memory
+from medsyn.allocator import keep_freed_memory
 applied = keep_freed_memory()
 assert keep_freed_memory() is applied  # idempotent
 import torch
@@ -64,7 +64,7 @@ def test_users_own_malloc_variables_win():
 
 def test_trainer_applies_it(tmp_path):
     code = ("from medsyn.config import load_config\n"
-            "from medsyn.training import allocator\n"
+            "from medsyn import allocator\n"
             "from medsyn.training.engine import Trainer\n"
             "assert allocator._applied is None\n"
             f"Trainer(load_config({str(ROOT / 'configs' / 'nie2018_unet.yaml')!r}), {str(tmp_path / 'run')!r})\n"
@@ -81,7 +81,7 @@ def test_trainer_applies_it(tmp_path):
 INFERENCE_PROBE = """
 import json, resource, sys
 import numpy as np, torch
-from medsyn.training import allocator
+from medsyn import allocator
 from medsyn.inference.sliding_window import predict_volume_25d
 assert allocator._applied is None
 def model(x):  # (B, k, 32, 32) -> (B, 1, 32, 32) through a large temporary

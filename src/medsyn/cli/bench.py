@@ -90,7 +90,7 @@ def churn_per_step(before: dict[str, float], after: dict[str, float], steps: int
     """Minor page faults per step and the kernel's share of CPU time between two :func:`cpu_counters`.
 
     Freshly mapped memory costs one minor fault per 4 KiB page touched and kernel time to zero it;
-    a step that reuses its memory has neither (training/allocator.py)."""
+    a step that reuses its memory has neither (allocator.py)."""
     user, sys_ = after["user_s"] - before["user_s"], after["sys_s"] - before["sys_s"]
     return {"faults_per_step": (after["minflt"] - before["minflt"]) / steps,
             "kernel_share": sys_ / (user + sys_) if user + sys_ > 0 else 0.0,
@@ -357,7 +357,7 @@ def verdict(data_sps: float, model_sps: float) -> tuple[str, float]:
 def run_bench(cfg, *, device: torch.device, amp: bool, steps: int = 3, batches: int = 20,
               inference: bool = True, say: Callable[[str], None] = print) -> dict[str, Any]:
     """The short benchmark: data, train step, (inference); returns a JSON-ready dict."""
-    from medsyn.training.allocator import keep_freed_memory
+    from medsyn.allocator import keep_freed_memory
 
     keep_freed_memory()  # as the Trainer does: time the step the engine runs
     machine = machine_description(device)

@@ -40,7 +40,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from medsyn.training.allocator import keep_freed_memory
+from medsyn.allocator import keep_freed_memory
 
 __all__ = [
     "BLEND_MODES",
@@ -451,7 +451,7 @@ def _sliding_window(
     """
     # Each batch frees and re-allocates the same feature maps (base 64, 16 windows of 144²: 85 MB
     # each); glibc would re-map them from the kernel every layer. Keep freed memory in the process,
-    # as training does (training/allocator.py; measured in benchmarks/inference.py's kernel column).
+    # as training does (allocator.py; measured in benchmarks/inference.py's kernel column).
     keep_freed_memory()
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

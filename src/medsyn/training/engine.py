@@ -13,7 +13,7 @@ share of each global batch with DDP-wrapped networks; only rank 0 writes. Per st
 agree (one small all-reduce) on the mean losses — what is logged and checked for NaN — and on
 whether a stop signal or the time budget was hit, so they always stop at the same step.
 
-Host memory: the Trainer tunes glibc's malloc once per process (training/allocator.py) so the
+Host memory: the Trainer tunes glibc's malloc once per process (allocator.py) so the
 large tensors a step frees are reused by the next step instead of being unmapped and re-mapped
 (page faults and kernel time); forked loader workers inherit the setting.
 
@@ -58,7 +58,7 @@ from medsyn.data.sampling import AXES, PatchSampler25D
 from medsyn.errors import CheckpointError, ConfigError, MedsynError, OutputError
 from medsyn.methods import METHODS, Method, Runtime
 from medsyn.training import checkpoint as ckpt
-from medsyn.training.allocator import keep_freed_memory
+from medsyn.allocator import keep_freed_memory
 from medsyn.training.budget import check_patches_fit, check_step_fits
 from medsyn.training.progress import BarOrLines, duration, stamp
 from medsyn.training.schedules import BudgetCosine

@@ -1,4 +1,4 @@
-"""Host-memory allocator settings for training processes (one place for every entry point).
+"""Host-memory allocator settings for medsyn processes — training and inference (one place for every entry point).
 
 Why: PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves every block larger
 than ``M_MMAP_THRESHOLD`` (at most 32 MiB, adapted at run time) with a fresh ``mmap`` and
