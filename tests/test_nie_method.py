@@ -188,6 +188,54 @@ def test_gradient_difference_loss_by_hand():
         gradient_difference_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
 
 
+def test_gradient_difference_loss_in_a_mask_counts_pairs_inside_it_only():
+    """With mask=, a difference counts only when both neighbours are inside; the mean is over those."""
+    y = torch.tensor([0.0, 1.0, 2.0, 9.0]).reshape(1, 1, 1, 4)
+    g = torch.tensor([0.0, 2.0, 2.0, 0.0]).reshape(1, 1, 1, 4)
+    inside = torch.tensor([True, True, True, False]).reshape(1, 1, 1, 4)
+    # pairs (0,1) and (1,2) count: |1-2|² and |1-0|² → mean 1; the pair (2,3) crosses the border
+    assert float(gradient_difference_loss(g, y, mask=inside)) == pytest.approx(1.0)
+    assert float(gradient_difference_loss(g, y)) == pytest.approx((1 + 1 + 25) / 3)  # |∂Y| = 7, |∂Ŷ| = 2 across the border
+    # what lies outside the mask, in prediction or target, does not change it
+    y2, g2 = y.clone(), g.clone()
+    y2[..., 3], g2[..., 3] = -4.0, 7.0
+    assert float(gradient_difference_loss(g2, y2, mask=inside)) == pytest.approx(1.0)
+    # an all-True mask is the plain loss; a mask with no inside pair gives 0, still differentiable
+    img = torch.rand(2, 1, 6, 7, generator=torch.Generator().manual_seed(2))
+    ref = torch.rand(2, 1, 6, 7, generator=torch.Generator().manual_seed(3))
+    full = torch.ones(2, 1, 6, 7, dtype=torch.bool)
+    assert float(gradient_difference_loss(img, ref, mask=full)) == pytest.approx(
+        float(gradient_difference_loss(img, ref)), rel=1e-6)
+    lone = torch.zeros(2, 1, 6, 7, dtype=torch.bool)
+    lone[0, 0, 2, 3] = True
+    p = img.clone().requires_grad_(True)
+    out = gradient_difference_loss(p, ref, mask=lone)
+    out.backward()
+    assert float(out) == 0.0 and p.grad is not None
+    with pytest.raises(ValueError, match="boolean"):
+        gradient_difference_loss(img, ref, mask=full.float())
+
+
+def test_sgan_gdl_covers_the_loss_region():
+    """loss_region=foreground restricts sGAN's GDL to the mask, as it does Eq. 1."""
+    m = build("nie-sgan", loss_region="foreground")
+    batch = Batches()()
+    batch["mask"][..., :, SIZE // 2:] = 0.0
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["target"][..., :, SIZE // 2:] = 1.0  # only outside the mask
+
+    def one(b):
+        torch.manual_seed(0)
+        m2 = build("nie-sgan", loss_region="foreground")
+        return m2.train_step(lambda: {k: v.clone() for k, v in b.items()}, 1)
+
+    a, b = one(batch), one(changed)
+    assert float(a["g/gdl"]) == pytest.approx(float(b["g/gdl"]), rel=1e-6)
+    assert float(a["g/l1"]) == pytest.approx(float(b["g/l1"]), rel=1e-6)
+    plain = build("nie-sgan").train_step(lambda: {k: v.clone() for k, v in batch.items()}, 1)
+    assert float(plain["g/gdl"]) != pytest.approx(float(a["g/gdl"]), rel=1e-3)
+
+
 def test_sgan_baseline_adds_the_gradient_difference_loss():
     """Table 1's sGAN [15] (Nie et al. 2017) = UNet + BCE global D + GDL; the 2018 method has none."""
     m = build("nie-sgan")

@@ -79,18 +79,30 @@ def lp_loss(
     return torch.where(mask, err, torch.zeros_like(err)).sum() / count
 
 
-def gradient_difference_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
+def gradient_difference_loss(
+    pred: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """L_GDL = mean | |∂_h Y| − |∂_h G(X)| |^α + mean | |∂_w Y| − |∂_w G(X)| |^α  (Mathieu et al. 2016,
     Eq. 5; Nie et al. 2017, the sGAN baseline [15] of Nie et al. 2018, with α = 2).
 
     ∂ are forward differences between neighbouring pixels along H and W of (B, C, H, W) tensors
     (along D too for (B, C, D, H, W)); each term is a mean over its differences, so the scale does
     not depend on patch or batch size. Returns a scalar tensor (0 for identical images).
+
+    ``mask`` (optional, boolean, broadcastable to ``pred``): only differences between two
+    neighbours that are both ``True`` count, and each term is the mean over those — the same
+    region as ``lp_loss(..., mask=)``, so a loss restricted to the brain does not also fit the
+    predicted background's edges. A term with no such pair is 0 (still attached to the graph).
     """
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
     if pred.dim() < 4:
         raise ValueError(f"gradient_difference_loss expects (B, C, H, W) or (B, C, D, H, W), got {tuple(pred.shape)}")
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a boolean tensor, got {mask.dtype}")
+        _check_broadcast("mask", mask, pred.shape)
+        mask = mask.expand(pred.shape)
     total = pred.new_zeros(())
     for axis in range(2, pred.dim()):
         n = pred.shape[axis]
@@ -98,5 +110,10 @@ def gradient_difference_loss(pred: torch.Tensor, target: torch.Tensor, alpha: fl
             continue
         d_pred = pred.narrow(axis, 1, n - 1) - pred.narrow(axis, 0, n - 1)
         d_true = target.narrow(axis, 1, n - 1) - target.narrow(axis, 0, n - 1)
-        total = total + (d_true.abs() - d_pred.abs()).abs().pow(alpha).mean()
+        term = (d_true.abs() - d_pred.abs()).abs().pow(alpha)
+        if mask is None:
+            total = total + term.mean()
+        else:
+            pair = mask.narrow(axis, 1, n - 1) & mask.narrow(axis, 0, n - 1)
+            total = total + torch.where(pair, term, torch.zeros_like(term)).sum() / pair.sum().clamp_min(1)
     return total

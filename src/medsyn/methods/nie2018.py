@@ -64,7 +64,7 @@ class NieConfig:
     # 0 = off (the 2018 method has none)
     lambda_gdl: float = 0.0
     bce_reduction: Literal["mean", "sum"] = "mean"  # (choice) Eq. 5 sums over pixels
-    # (choice) pixels of Eq. 1/7: "patch" = all (the paper); "foreground" = the source mask only
+    # (choice) pixels of Eq. 1/7 and the GDL: "patch" = all (the paper); "foreground" = the source mask only
     # (background is filled in at inference anyway) — docs/nie2018.md, "Small-data configuration"
     loss_region: Literal["patch", "foreground"] = "patch"
     # --- optimisation (Sec. 2.5) ---
@@ -201,7 +201,7 @@ class NieDualGAN(Method):
                 out["g/l%d" % cfg.p] = rec.detach()
             loss_g = loss_g + rec
             if cfg.lambda_gdl > 0:  # sGAN [15]: sharper edges through matching image gradients
-                gdl = gradient_difference_loss(fake, y)
+                gdl = gradient_difference_loss(fake, y, mask=region)  # same region as Eq. 1
                 loss_g = loss_g + cfg.lambda_gdl * gdl
                 out["g/gdl"] = gdl.detach()
             if use_d1:
