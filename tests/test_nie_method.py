@@ -218,7 +218,6 @@ def test_gradient_difference_loss_in_a_mask_counts_pairs_inside_it_only():
 
 def test_sgan_gdl_covers_the_loss_region():
     """loss_region=foreground restricts sGAN's GDL to the mask, as it does Eq. 1."""
-    m = build("nie-sgan", loss_region="foreground")
     batch = Batches()()
     batch["mask"][..., :, SIZE // 2:] = 0.0
     changed = {k: v.clone() for k, v in batch.items()}

@@ -30,6 +30,19 @@ def _check_broadcast(name: str, other: torch.Tensor, shape: torch.Size) -> None:
         )
 
 
+def _bool_mask(mask: torch.Tensor, shape: torch.Size, hint: str = "") -> torch.Tensor:
+    """``mask`` checked (boolean, broadcastable to ``shape``) and expanded to ``shape``."""
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a boolean tensor, got {mask.dtype}{hint}")
+    _check_broadcast("mask", mask, shape)
+    return mask.expand(shape)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` (same shape) is True; 0, still attached to the graph, if none is."""
+    return torch.where(mask, values, torch.zeros_like(values)).sum() / mask.sum().clamp_min(1)
+
+
 def lp_error(pred: torch.Tensor, target: torch.Tensor, p: int = 1) -> torch.Tensor:
     """Element-wise |Y - G(X)|^p, p in {1, 2}; same shape as ``pred``."""
     if p not in (1, 2):
@@ -71,12 +84,7 @@ def lp_loss(
         err = err * weight
     if mask is None:
         return err.mean()
-    if mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a boolean tensor, got {mask.dtype}; use weight= for soft weights")
-    _check_broadcast("mask", mask, err.shape)
-    mask = mask.expand(err.shape)
-    count = mask.sum().clamp_min(1)
-    return torch.where(mask, err, torch.zeros_like(err)).sum() / count
+    return _masked_mean(err, _bool_mask(mask, err.shape, "; use weight= for soft weights"))
 
 
 def gradient_difference_loss(
@@ -99,10 +107,7 @@ def gradient_difference_loss(
     if pred.dim() < 4:
         raise ValueError(f"gradient_difference_loss expects (B, C, H, W) or (B, C, D, H, W), got {tuple(pred.shape)}")
     if mask is not None:
-        if mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a boolean tensor, got {mask.dtype}")
-        _check_broadcast("mask", mask, pred.shape)
-        mask = mask.expand(pred.shape)
+        mask = _bool_mask(mask, pred.shape)
     total = pred.new_zeros(())
     for axis in range(2, pred.dim()):
         n = pred.shape[axis]
@@ -115,5 +120,5 @@ def gradient_difference_loss(
             total = total + term.mean()
         else:
             pair = mask.narrow(axis, 1, n - 1) & mask.narrow(axis, 0, n - 1)
-            total = total + torch.where(pair, term, torch.zeros_like(term)).sum() / pair.sum().clamp_min(1)
+            total = total + _masked_mean(term, pair)
     return total

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from medsyn import __version__
+from medsyn.allocator import keep_freed_memory
 from medsyn.config import RunConfig, config_hash, diff_configs, method_params, to_dict
 from medsyn.data.dataset import split_notes
 from medsyn.data.normalization import NormalizationState
@@ -58,7 +59,6 @@ from medsyn.data.sampling import AXES, PatchSampler25D
 from medsyn.errors import CheckpointError, ConfigError, MedsynError, OutputError
 from medsyn.methods import METHODS, Method, Runtime
 from medsyn.training import checkpoint as ckpt
-from medsyn.allocator import keep_freed_memory
 from medsyn.training.budget import check_patches_fit, check_step_fits
 from medsyn.training.progress import BarOrLines, duration, stamp
 from medsyn.training.schedules import BudgetCosine
